@@ -1,0 +1,1 @@
+"""Conventional methods: the RecBole adapter and trivial references (popularity, random)."""

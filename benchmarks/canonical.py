@@ -1,0 +1,168 @@
+"""Canonical tables: every dataset, whatever its raw format, becomes the same three tables.
+
+``interactions(user, item, rating, timestamp)``, ``items(item, raw_id, title, year, genres)`` and
+``users(user, raw_id, ...)`` with dense int64 codes (0..n-1, assigned in the order of the raw ids),
+titles cleaned for prompts, and the card's filtering applied. Prepared tables are cached as parquet
+under the cache root, keyed by the card digest and the sha256 of the raw files; a cached file whose
+hash no longer matches is rebuilt.
+"""
+from __future__ import annotations
+
+import html
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.cache import atomic_dir, cache_root, sha256_file
+from benchmarks.cards import Card, canonical_hash, load_card
+from benchmarks.contract import Catalog
+from benchmarks.formats import BadLines, parser
+from benchmarks.sources import resolve
+
+PLACEHOLDER_TITLE = "Unknown {item}"
+_ARTICLES = "The|A|An|La|Le|Les|L'|Il|Lo|Das|Der|Die|El|Los|Las|Det|Den"
+_TRAILING_ARTICLE = re.compile(rf"^(?P<main>.+?), (?P<art>{_ARTICLES})(?P<rest>\s*\(.*\))?$")
+_TRAILING_YEAR = re.compile(r"\s*\((?P<year>\d{4})\)\s*$")
+
+
+def clean_title(raw: str) -> str:
+    """Prompt-ready title: HTML entities decoded, whitespace folded, year suffix removed, and a
+    trailing article moved to the front ("Usual Suspects, The (1995)" -> "The Usual Suspects")."""
+    title = " ".join(html.unescape(str(raw)).split())
+    title = _TRAILING_YEAR.sub("", title)
+    match = _TRAILING_ARTICLE.match(title)
+    if match:
+        art = match["art"]
+        title = f"{art}{'' if art.endswith(chr(39)) else ' '}{match['main']}{match['rest'] or ''}"
+    return title
+
+
+@dataclass(frozen=True)
+class CanonicalData:
+    """The canonical tables of one dataset card, plus where they came from."""
+
+    card: Card
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame
+    source_sha256: dict[str, str]
+    tiny: bool
+
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog(self.card.name, self.items, self.users, dict(self.card.domain))
+
+    def statistics(self) -> dict[str, float]:
+        """Counts for the dataset table, including last-item timestamp ties (see the card)."""
+        inter = self.interactions
+        ordered = inter.sort_values(["user", "timestamp", "item"], kind="stable")
+        last_two = ordered.groupby("user").tail(2)
+        ts = last_two.groupby("user")["timestamp"].agg(["min", "max", "size"])
+        ties = int(((ts["size"] == 2) & (ts["min"] == ts["max"])).sum())
+        n_u, n_i = inter["user"].nunique(), inter["item"].nunique()
+        return {
+            "users": n_u, "items": n_i, "interactions": len(inter),
+            "density": len(inter) / max(1, n_u * n_i),
+            "users_with_tied_last_two": ties,
+            "untitled_items": int((self.items["title"].str.startswith("Unknown ")).sum()),
+        }
+
+
+def _dense_codes(raw_ids: pd.Series) -> pd.Index:
+    unique = pd.Index(raw_ids.astype(str).unique())
+    numeric = pd.to_numeric(pd.Series(unique), errors="coerce")
+    if numeric.notna().all():
+        return unique[np.argsort(numeric.to_numpy(), kind="stable")]
+    return unique.sort_values()
+
+
+def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Keep users and items with at least ``k`` interactions, iterated until stable."""
+    while True:
+        user_ok = inter.groupby("user_raw")["item_raw"].transform("size") >= k
+        item_ok = inter.groupby("item_raw")["user_raw"].transform("size") >= k
+        keep = user_ok & item_ok
+        if keep.all():
+            return inter
+        inter = inter[keep]
+
+
+def _tiny_users(inter: pd.DataFrame, spec: dict) -> pd.DataFrame:
+    users = np.sort(inter["user_raw"].unique())
+    rng = np.random.default_rng(int(spec.get("seed", 0)))
+    chosen = rng.choice(users, size=min(int(spec["n_users"]), len(users)), replace=False)
+    return inter[inter["user_raw"].isin(chosen)]
+
+
+def build(card: Card, tiny: bool = False) -> CanonicalData:
+    """Parse the raw files of ``card`` and build its canonical tables (no cache)."""
+    resolved = resolve(card)
+    report = BadLines()
+    raw = parser(resolved.source.format)(resolved.paths, resolved.source, report)
+    report.check(card.max_bad_line_ratio, card.name)
+
+    inter = raw.interactions.astype({"user_raw": str, "item_raw": str})
+    if card.filtering.get("k_core"):
+        inter = k_core(inter, int(card.filtering["k_core"]))
+    if tiny:
+        inter = _tiny_users(inter, card.tiny)
+
+    user_index, item_index = _dense_codes(inter["user_raw"]), _dense_codes(inter["item_raw"])
+    interactions = pd.DataFrame({
+        "user": user_index.get_indexer(inter["user_raw"]).astype("int64"),
+        "item": item_index.get_indexer(inter["item_raw"]).astype("int64"),
+        "rating": inter["rating"].astype("float32").to_numpy(),
+        "timestamp": inter["timestamp"].astype("int64").to_numpy(),
+    }).sort_values(["user", "timestamp", "item"], kind="stable", ignore_index=True)
+
+    meta = raw.items.astype({"item_raw": str}).drop_duplicates("item_raw").set_index("item_raw")
+    meta = meta.reindex(item_index)
+    titles = meta["title"].fillna("").map(clean_title)
+    missing = titles.str.len() == 0
+    titles[missing] = [PLACEHOLDER_TITLE.format(item=card.domain.get("item", "item")) + f" {rid}"
+                       for rid in item_index[missing.to_numpy()]]
+    items = pd.DataFrame({
+        "item": np.arange(len(item_index), dtype="int64"),
+        "raw_id": item_index.astype(str),
+        "title": titles.to_numpy(),
+        "year": meta["year"].astype("Int64").to_numpy() if "year" in meta else pd.NA,
+        "genres": meta["genres"].fillna("").to_numpy() if "genres" in meta else "",
+    })
+    user_meta = raw.users.astype({"user_raw": str}).drop_duplicates("user_raw").set_index("user_raw")
+    users = user_meta.reindex(user_index).reset_index(names="raw_id")
+    users.insert(0, "user", np.arange(len(user_index), dtype="int64"))
+    return CanonicalData(card, interactions, items, users, resolved.sha256, tiny)
+
+
+_TABLES = ("interactions", "items", "users")
+
+
+def _cache_folder(card: Card, tiny: bool) -> Path:
+    key = canonical_hash({"card": card.digest(), "tiny": tiny})[:16]
+    return cache_root() / "tables" / f"{card.name}-{key}"
+
+
+def load(name: str, tiny: bool = False) -> CanonicalData:
+    """Canonical tables of card ``name`` (the ``ci`` subset when ``tiny``), from cache when valid."""
+    card = load_card(name)
+    folder = _cache_folder(card, tiny)
+    meta_path = folder / "meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if all((folder / f"{t}.parquet").exists() and sha256_file(folder / f"{t}.parquet") == meta["sha256"][t]
+               for t in _TABLES):
+            tables = {t: pd.read_parquet(folder / f"{t}.parquet") for t in _TABLES}
+            return CanonicalData(card, **tables, source_sha256=meta["source_sha256"], tiny=tiny)
+    data = build(card, tiny)
+    with atomic_dir(folder) as tmp:
+        sums = {}
+        for t in _TABLES:
+            getattr(data, t).to_parquet(tmp / f"{t}.parquet", index=False)
+            sums[t] = sha256_file(tmp / f"{t}.parquet")
+        (tmp / "meta.json").write_text(json.dumps({"sha256": sums, "source_sha256": data.source_sha256,
+                                                   "statistics": data.statistics()}, indent=1))
+    return data

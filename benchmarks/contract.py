@@ -1,0 +1,166 @@
+"""The method contract: what the harness hands a method, and what a method hands back.
+
+A method is any class registered with :func:`benchmarks.registry.register_method` that is built as
+``cls(config, ctx)`` and answers three calls:
+
+* ``fit(data: FitData) -> None``: learn from the train view of a frozen protocol. May call
+  ``data.validate(scores)`` for early stopping; the harness computes the metric, never the method.
+* ``score(samples: pandas.DataFrame) -> numpy.ndarray``: scores for evaluation samples whose label
+  columns the harness has removed.
+    - task ``ctr``: shape ``[n]``, the probability of a positive, in [0, 1].
+    - task ``next_item``: shape ``[n, C]``, one score per candidate (higher = more likely). A
+      generation-based method that picks one candidate returns a one-hot row (1.0 at the choice, 0.0
+      elsewhere) and a row of NaN where its answer matched no candidate (counted by ValidRatio).
+* ``parameter_counts() -> ParameterCounts | None``: trainable and total parameters, or None for
+  methods without parameters.
+
+The harness times ``fit`` and ``score``; a method never times itself.
+
+Sample tables (pandas, one row per sample; produced by :mod:`benchmarks.protocols`):
+
+=================  =========================  ===============================================
+column             dtype                      meaning
+=================  =========================  ===============================================
+``sample_id``      int64                      position of the sample in its split
+``user``           int64                      dense user code (see ``Catalog.users``)
+``item``           int64                      the target item (dense item code)
+``timestamp``      int64                      unix seconds of the target interaction
+``history``        list<int64>                the user's earlier items, oldest first, at most
+                                              ``protocol.params["max_history"]`` of them
+``history_ratings`` list<float32>             the ratings of ``history`` (same length)
+``label``          int64                      ctr: 1 if rating > threshold else 0;
+                                              next_item: index of the target in ``candidates``
+``rating``         float32                    ctr only: the target's rating (removed for scoring)
+``candidates``     list<int64>                next_item only: C frozen candidates incl. the target
+=================  =========================  ===============================================
+
+Prompts use the last ``protocol.params["history_len"]`` items of ``history`` (K = 10 by default);
+models that read longer sequences (RecBole, RecLoRA's CRM) may use all of it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+TASKS = ("ctr", "next_item")
+
+#: Columns that carry the answer; the harness drops them before ``score`` sees the samples.
+LABEL_COLUMNS = ("label", "rating")
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Side tables of a dataset, shared by every cell on it.
+
+    Attributes:
+        items: DataFrame with columns ``item`` (int64 dense code, 0..n_items-1), ``raw_id`` (str),
+            ``title`` (clean text for prompts), ``year`` (Int64, may be NA), ``genres`` (str, "|"-joined)
+            and any card-declared text fields.
+        users: DataFrame with ``user`` (int64 dense code) and ``raw_id``, plus side features.
+        domain: words for prompts, e.g. ``{"item": "movie", "items": "movies", "verb": "watched"}``.
+    """
+
+    name: str
+    items: pd.DataFrame
+    users: pd.DataFrame
+    domain: Mapping[str, str]
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    def titles(self, items: np.ndarray | list[int]) -> list[str]:
+        """Titles of the given item codes, in order."""
+        return self.items["title"].to_numpy()[np.asarray(items, dtype=np.int64)].tolist()
+
+
+@dataclass(frozen=True)
+class ProtocolInfo:
+    """Name, parameters and content hash of the frozen protocol a cell runs on."""
+
+    name: str  # "ctr" | "next_item"
+    params: Mapping[str, Any]
+    hash: str
+
+
+@dataclass(frozen=True)
+class FitData:
+    """What ``Method.fit`` receives.
+
+    Attributes:
+        train: the training samples with labels (a frozen few-shot subset when the cell has ``shots``).
+        train_full: the whole train split with labels (for conventional models that see all of it,
+            e.g. RecLoRA's CRM under Few2Many).
+        valid: validation samples WITHOUT label columns.
+        validate: ``validate(scores) -> {metric: value}`` computed by the harness on ``valid``;
+            for early stopping. ``scores`` has the shape ``score`` would return for ``valid``.
+        catalog: items, users and domain words.
+        protocol: protocol name, parameters and hash.
+    """
+
+    task: str
+    train: pd.DataFrame
+    train_full: pd.DataFrame
+    valid: pd.DataFrame
+    validate: Callable[[np.ndarray], dict[str, float]]
+    catalog: Catalog
+    protocol: ProtocolInfo
+
+
+@dataclass(frozen=True)
+class CellContext:
+    """Everything about the cell a method may need besides data.
+
+    Attributes:
+        seed: the cell's seed; a method seeds every generator it uses from it.
+        device: "cpu" or "cuda[:i]".
+        batch_size: the suite's batch size for training and scoring.
+        max_epochs: the suite's epoch cap (methods take min(own setting, cap)).
+        workdir: a scratch folder private to the cell (deleted after it unless kept).
+        cache_dir: the benchmark's cache root (converted backbones, tokenized prompts, ...).
+        llm: backbone id or local path for LLM methods ("" = the offline default).
+        quant: "nf4" (default) or "none".
+        dataset: dataset card name, for cache keys.
+        extras: free-form suite values a family of methods understands (documented where read).
+    """
+
+    seed: int
+    device: str = "cpu"
+    batch_size: int = 32
+    max_epochs: int | None = None
+    workdir: Path = Path(".")
+    cache_dir: Path = Path(".")
+    llm: str = ""
+    quant: str = "nf4"
+    dataset: str = ""
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    trainable: int
+    total: int
+
+
+@runtime_checkable
+class Method(Protocol):
+    """The three calls every registered method answers (see the module docstring)."""
+
+    def fit(self, data: FitData) -> None: ...
+
+    def score(self, samples: pd.DataFrame) -> np.ndarray: ...
+
+    def parameter_counts(self) -> ParameterCounts | None: ...
+
+
+def without_labels(samples: pd.DataFrame) -> pd.DataFrame:
+    """The samples as a method may see them at scoring time."""
+    return samples.drop(columns=[c for c in LABEL_COLUMNS if c in samples.columns])
