@@ -1,0 +1,72 @@
+"""What a run ran on: versions, device, git commit and dirty flag (written to ``env.json``)."""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+from benchmarks.registry import ROOT
+
+PACKAGES = ("llmrec-bench", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "recbole",
+            "numpy", "pandas", "pyarrow", "datasets", "scikit-learn", "tabulate", "gguf", "ray")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def gpu() -> dict | None:
+    """CUDA device name and memory, importing torch only if it is installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+            "count": torch.cuda.device_count(), "cuda": torch.version.cuda}
+
+
+def collect(device: str) -> dict:
+    import os
+
+    status = _git("status", "--porcelain")
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+        "gpu": gpu() if device.startswith("cuda") else None,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "packages": versions(),
+    }

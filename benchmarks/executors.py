@@ -1,0 +1,80 @@
+"""Executors run cells and hand back records; they never decide what a cell is.
+
+``local``: each cell in its own Python process (``python -m benchmarks.cell``), one after another.
+A process per cell frees all memory (GPU included) between cells, makes the process peak RSS the
+cell's own peak, and contains crashes: a cell that dies (segfault, out-of-memory kill) or outlives
+``budget.cell_timeout_s`` is recorded as failed, with the peak RSS the parent saw, and the suite goes
+on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import psutil
+
+from benchmarks import records
+from benchmarks.cell import now
+from benchmarks.suite import Cell, Suite
+
+POLL_S = 0.2
+
+
+def _failed(suite: Suite, cell: Cell, run_id: str, kind: str, message: str, peak_mb: float | None,
+            trace: str = "") -> dict:
+    return {
+        "schema": records.SCHEMA_VERSION, "run_id": run_id, "suite": suite.name,
+        "suite_version": suite.version, "cell": cell.key, "dataset": cell.dataset, "task": cell.task,
+        "method": cell.method, "seed": cell.seed, "shots": cell.shots, "status": "failed",
+        "error": {"type": kind, "message": message, "traceback": trace},
+        "timing": {"peak_memory_mb": peak_mb, "memory_kind": "process_peak_rss (seen by the parent)"},
+        "device": suite.device, "finished_at": now(),
+    }
+
+
+def run_in_subprocess(suite_file: Path, suite: Suite, cell: Cell, run_dir: Path, run_id: str) -> dict:
+    """Run one cell in a child process; always returns a record (ok or failed)."""
+    out = run_dir / "work" / f"{records.cell_file_stem(cell.key)}.json"
+    out.unlink(missing_ok=True)
+    log = open(run_dir / "logs" / f"{records.cell_file_stem(cell.key)}.log", "wb")
+    cmd = [sys.executable, "-m", "benchmarks.cell", str(suite_file), json.dumps(asdict(cell)), str(run_dir), str(out)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
+    watched = psutil.Process(proc.pid)
+    peak, start = 0.0, time.monotonic()
+    try:
+        while proc.poll() is None:
+            try:
+                peak = max(peak, watched.memory_info().rss / 2**20)
+            except psutil.Error:
+                pass
+            if time.monotonic() - start > suite.budget.cell_timeout_s:
+                proc.kill()
+                proc.wait()
+                return _failed(suite, cell, run_id, "TimeoutError",
+                               f"cell exceeded cell_timeout_s={suite.budget.cell_timeout_s}", peak or None)
+            time.sleep(POLL_S)
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        log.close()
+    if proc.returncode != 0 or not out.exists():
+        tail = (run_dir / "logs" / f"{records.cell_file_stem(cell.key)}.log").read_text(errors="replace")[-4000:]
+        last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+        return _failed(suite, cell, run_id, "CellProcessDied",
+                       f"exit code {proc.returncode}: {last}", peak or None, tail)
+    return json.loads(out.read_text())
+
+
+def run_local(suite_file: Path, suite: Suite, todo: list[Cell], run_dir: Path, run_id: str) -> Iterator[dict]:
+    for cell in todo:
+        yield run_in_subprocess(suite_file, suite, cell, run_dir, run_id)
+
+
+EXECUTORS: dict[str, Callable[..., Iterable[dict]]] = {"local": run_local}

@@ -1,0 +1,121 @@
+"""The results schema (one record per cell) and the append-only ``records.jsonl`` store.
+
+Every record says what ran (suite, dataset, protocol hash, method and its full config hash, seed,
+shots), what it measured (metrics, timing), and what it ran on (env summary). Per-sample scores are
+saved beside it (``scores/<cell>.npz``) for bootstrap intervals and paired comparisons.
+
+Appends are one ``write`` of one line followed by ``fsync``; a reader drops (and a writer truncates)
+a trailing partial line left by a crash, so no partial record survives.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class CellRecord:
+    schema: int
+    run_id: str
+    suite: str
+    suite_version: int
+    cell: str                       # the cell key: dataset/task/method/seed=/shots=
+    dataset: str
+    tiny: bool
+    task: str
+    protocol_hash: str
+    protocol_params: dict
+    dataset_sha256: dict            # sha256 of every raw file read
+    method: str
+    family: str
+    method_config: dict
+    method_config_hash: str
+    seed: int
+    shots: Any
+    status: str                     # "ok" | "failed"
+    n_train: int = 0
+    n_eval: int = 0
+    metrics: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)
+    parameters: dict | None = None  # {"trainable": int, "total": int}
+    backbone: dict | None = None    # LLM methods: {"id", "quant", "sha256"/"revision"}
+    budget: dict = field(default_factory=dict)
+    device: str = "cpu"
+    error: dict | None = None       # {"type", "message", "traceback"}
+    started_at: str = ""
+    finished_at: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cell_file_stem(cell_key: str) -> str:
+    return cell_key.replace("/", "__").replace("=", "-")
+
+
+def _repair(path: Path) -> None:
+    """Truncate a trailing partial line (a crash mid-append)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if data.endswith(b"\n"):
+            return
+        fh.truncate(data.rfind(b"\n") + 1)
+
+
+def append(path: Path, record: CellRecord | dict) -> None:
+    """Append one record as one fsync'd line. Raises on any I/O error (a lost record is a bug)."""
+    _repair(path)
+    line = json.dumps(record.as_dict() if isinstance(record, CellRecord) else record, sort_keys=True) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read(path: Path) -> list[dict]:
+    """All complete records; a trailing partial line is ignored. Later records of a cell win."""
+    if not path.exists():
+        return []
+    records = []
+    lines = path.read_bytes().split(b"\n")
+    for no, line in enumerate(lines[:-1], start=1):  # the last element is after the final newline
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{no}: corrupt record ({err})") from None
+    return records
+
+
+def latest_by_cell(records: list[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for record in records:
+        out[record["cell"]] = record
+    return out
+
+
+def save_scores(run_dir: Path, cell_key: str, sample_ids: np.ndarray, labels: np.ndarray,
+                scores: np.ndarray) -> Path:
+    folder = run_dir / "scores"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{cell_file_stem(cell_key)}.npz"
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, sample_id=sample_ids, label=labels, score=scores)
+    os.replace(tmp, path)
+    return path
+
+
+def load_scores(run_dir: Path, cell_key: str) -> dict[str, np.ndarray]:
+    with np.load(run_dir / "scores" / f"{cell_file_stem(cell_key)}.npz", allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

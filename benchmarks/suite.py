@@ -1,0 +1,199 @@
+"""Suite schema: declarative files in ``benchmarks/suites/<name>.yaml`` that say which cells to run.
+
+A cell is (dataset, protocol, method, seed, shots). A suite file is validated completely before any
+cell starts: unknown keys and wrong types fail with the key's path. The schema, with defaults, is the
+set of dataclasses below; ``benchmarks/suites/quick.yaml`` is a commented example.
+"""
+from __future__ import annotations
+
+import copy
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.cards import canonical_hash, known_cards, load_card
+from benchmarks.registry import did_you_mean, discover
+
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+
+
+class SuiteError(ValueError):
+    """A suite file (or a CLI override of it) that cannot run; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    batch_size: int = 32            # training and scoring batch size
+    max_epochs: int | None = None   # cap on every method's epochs (None: the method's own setting)
+    eval_cap: int | None = None     # score at most this many test samples (a frozen subset)
+    valid_cap: int | None = None    # validate on at most this many valid samples (a frozen subset)
+    latency_samples: int = 16       # samples timed one by one for p50/p95
+    warmup: int = 2                 # samples scored before timing starts
+    cell_timeout_s: int = 3600      # a cell running longer is stopped and recorded as failed
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    protocols: tuple[str, ...] = ("ctr", "next_item")
+    tiny: bool = False              # the card's tiny user subset (the ci suite)
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    config: dict = field(default_factory=dict)   # overrides of the method's configs/<name>.yaml
+    shots: tuple[int | str, ...] = ("full",)                     # few-shot training sizes (ints or "full")
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    version: int
+    description: str
+    datasets: tuple[DatasetEntry, ...]
+    methods: dict[str, MethodEntry]
+    seeds: tuple[int, ...] = (1,)
+    budget: Budget = Budget()
+    device: str = "cpu"
+    llm: str = ""                   # backbone id or path for LLM methods ("" = offline SmolLM2)
+    quant: str = "nf4"              # nf4 | none
+    needs_gpu: bool = False         # refuse to start on a machine without CUDA (dry runs are fine)
+
+    def digest(self) -> str:
+        return canonical_hash(asdict(self))
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    task: str
+    method: str
+    seed: int
+    shots: int | str
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.task}/{self.method}/seed={self.seed}/shots={self.shots}"
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _check_type(value, option, where)
+            except SuiteError:
+                continue
+        raise SuiteError(f"{where}: expected {hint}, got {value!r}")
+    if hint is tuple or origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise SuiteError(f"{where}: expected a list, got {value!r}")
+        (inner, *_rest) = typing.get_args(hint) or (Any,)
+        return tuple(_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise SuiteError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, type) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        raise SuiteError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise SuiteError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    values = {}
+    for name, f in known.items():
+        if name not in raw:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise SuiteError(f"{where}: missing required key '{name}'")
+            continue
+        values[name] = _check_type(raw[name], hints[name], f"{where}.{name}")
+    return cls(**values)
+
+
+def parse(raw: dict, where: str) -> Suite:
+    raw = copy.deepcopy(raw)
+    datasets = raw.get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise SuiteError(f"{where}.datasets: expected a non-empty list")
+    raw["datasets"] = tuple(_build(DatasetEntry, d if isinstance(d, dict) else {"name": d},
+                                   f"{where}.datasets[{i}]") for i, d in enumerate(datasets))
+    methods = raw.get("methods")
+    if isinstance(methods, list):
+        methods = {m: {} for m in methods}
+    if not isinstance(methods, dict) or not methods:
+        raise SuiteError(f"{where}.methods: expected a non-empty list or mapping")
+    raw["methods"] = {m: _build(MethodEntry, spec or {}, f"{where}.methods.{m}") for m, spec in methods.items()}
+    raw["budget"] = _build(Budget, raw.get("budget") or {}, f"{where}.budget")
+    suite = _build(Suite, raw, where)
+    _check_names(suite, where)
+    return suite
+
+
+def _check_names(suite: Suite, where: str) -> None:
+    registered = discover()
+    cards = known_cards()
+    for entry in suite.datasets:
+        if entry.name not in cards:
+            raise SuiteError(f"{where}: {did_you_mean('dataset', entry.name, cards)}")
+        for proto in entry.protocols:
+            if proto not in ("ctr", "next_item"):
+                raise SuiteError(f"{where}: dataset '{entry.name}': unknown protocol '{proto}'")
+    for name, spec in suite.methods.items():
+        if name not in registered:
+            raise SuiteError(f"{where}: {did_you_mean('method', name, list(registered))}")
+        for shots in spec.shots:
+            if shots != "full" and not (isinstance(shots, int) and shots > 0):
+                raise SuiteError(f"{where}.methods.{name}.shots: expected positive ints or 'full', got {shots!r}")
+
+
+def known_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        path = SUITES_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise SuiteError(str(did_you_mean("suite", name_or_path, known_suites())))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SuiteError(f"{path}: not valid YAML ({err})") from None
+    return parse(raw, str(path))
+
+
+def cells(suite: Suite) -> list[Cell]:
+    """Every cell of the suite, in a stable order, skipping methods that lack a dataset's protocol."""
+    registered = discover()
+    out = []
+    for entry in suite.datasets:
+        card_protocols = load_card(entry.name).protocols
+        for task in entry.protocols:
+            if task not in card_protocols:
+                continue
+            for method, spec in suite.methods.items():
+                if task not in registered[method].tasks:
+                    continue
+                for shots in spec.shots:
+                    for seed in suite.seeds:
+                        out.append(Cell(entry.name, task, method, seed, shots))
+    return out

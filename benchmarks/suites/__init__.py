@@ -1,0 +1,1 @@
+"""Suite files (YAML). Schema: benchmarks/suites.py."""

@@ -1,0 +1,102 @@
+"""One timing protocol for every method, applied by the harness around ``fit`` and ``score``.
+
+* Training: wall seconds of ``fit`` (device synchronized) and training samples per second.
+* Inference:
+    1. warm-up: ``warmup`` samples scored one by one, not measured (lazy init, allocator, caches);
+    2. latency: the next ``latency_samples`` samples scored one by one (batch size 1), p50 and p95 in ms;
+    3. throughput: every evaluation sample scored in batches of the suite's ``batch_size``; these are
+       the scores the metrics are computed from.
+* Memory: on CUDA the allocator peak (``torch.cuda.max_memory_allocated``); on CPU the process peak
+  RSS (``ru_maxrss``). Each cell runs in its own process, so the process peak is the cell's peak.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work so wall time covers it (a no-op on CPU)."""
+    if device.startswith("cuda") and "torch" in sys.modules:
+        sys.modules["torch"].cuda.synchronize()
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda") and "torch" in sys.modules:
+        sys.modules["torch"].cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb(device: str) -> tuple[float, str]:
+    """(peak MiB, what was measured)."""
+    if device.startswith("cuda") and "torch" in sys.modules:
+        return sys.modules["torch"].cuda.max_memory_allocated() / 2**20, "cuda_allocator_peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
+
+
+@dataclass
+class Timing:
+    train_seconds: float | None = None
+    train_samples: int | None = None
+    train_samples_per_s: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_samples: int = 0
+    throughput_samples_per_s: float | None = None
+    score_seconds: float | None = None
+    batch_size: int = 0
+    peak_memory_mb: float | None = None
+    memory_kind: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def timed_fit(method, data, device: str, timing: Timing) -> None:
+    synchronize(device)
+    start = time.perf_counter()
+    method.fit(data)
+    synchronize(device)
+    timing.train_seconds = time.perf_counter() - start
+    timing.train_samples = len(data.train)
+    timing.train_samples_per_s = len(data.train) / timing.train_seconds if timing.train_seconds > 0 else None
+
+
+def _score_one_by_one(method, samples: pd.DataFrame, device: str) -> list[float]:
+    seconds = []
+    for i in range(len(samples)):
+        synchronize(device)
+        start = time.perf_counter()
+        method.score(samples.iloc[i: i + 1])
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def timed_score(method, samples: pd.DataFrame, device: str, batch_size: int, warmup: int,
+                latency_samples: int, timing: Timing) -> np.ndarray:
+    """Run the inference protocol above; returns the batched scores (rows in sample order)."""
+    _score_one_by_one(method, samples.iloc[:warmup], device)
+    latencies = _score_one_by_one(method, samples.iloc[warmup: warmup + latency_samples], device)
+    if latencies:
+        timing.latency_p50_ms = float(np.percentile(latencies, 50) * 1e3)
+        timing.latency_p95_ms = float(np.percentile(latencies, 95) * 1e3)
+        timing.latency_samples = len(latencies)
+    chunks = []
+    synchronize(device)
+    start = time.perf_counter()
+    for begin in range(0, len(samples), batch_size):
+        chunks.append(np.asarray(method.score(samples.iloc[begin: begin + batch_size])))
+    synchronize(device)
+    timing.score_seconds = time.perf_counter() - start
+    timing.batch_size = batch_size
+    timing.throughput_samples_per_s = len(samples) / timing.score_seconds if timing.score_seconds > 0 else None
+    return np.concatenate(chunks) if chunks else np.zeros(0)
+
+
+def record_memory(device: str, timing: Timing) -> None:
+    timing.peak_memory_mb, timing.memory_kind = peak_memory_mb(device)
