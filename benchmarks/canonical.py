@@ -27,12 +27,14 @@ PLACEHOLDER_TITLE = "Unknown {item}"
 _ARTICLES = "The|A|An|La|Le|Les|L'|Il|Lo|Das|Der|Die|El|Los|Las|Det|Den"
 _TRAILING_ARTICLE = re.compile(rf"^(?P<main>.+?), (?P<art>{_ARTICLES})(?P<rest>\s*\(.*\))?$")
 _TRAILING_YEAR = re.compile(r"\s*\((?P<year>\d{4})\)\s*$")
+_HTML_TAG = re.compile(r"</?[A-Za-z][^<>]*>")
 
 
 def clean_title(raw: str) -> str:
-    """Prompt-ready title: HTML entities decoded, whitespace folded, year suffix removed, and a
-    trailing article moved to the front ("Usual Suspects, The (1995)" -> "The Usual Suspects")."""
-    title = " ".join(html.unescape(str(raw)).split())
+    """Prompt-ready title: HTML tags dropped and entities decoded, whitespace folded, year suffix
+    removed, and a trailing article moved to the front ("Usual Suspects, The (1995)" -> "The Usual
+    Suspects")."""
+    title = " ".join(html.unescape(_HTML_TAG.sub(" ", str(raw))).split())
     title = _TRAILING_YEAR.sub("", title)
     match = _TRAILING_ARTICLE.match(title)
     if match:
@@ -73,6 +75,8 @@ class CanonicalData:
 
 
 def _dense_codes(raw_ids: pd.Series) -> pd.Index:
+    if pd.api.types.is_integer_dtype(raw_ids):
+        return pd.Index(np.unique(raw_ids.to_numpy()))
     unique = pd.Index(raw_ids.astype(str).unique())
     numeric = pd.to_numeric(pd.Series(unique), errors="coerce")
     if numeric.notna().all():
@@ -91,6 +95,18 @@ def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:
         inter = inter[keep]
 
 
+def _with_ids(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """``column`` as str, unless the parser gave integer ids (kept: much faster at 25M rows)."""
+    if pd.api.types.is_integer_dtype(frame[column]):
+        return frame
+    return frame.astype({column: str})
+
+
+def _earliest(inter: pd.DataFrame) -> pd.DataFrame:
+    """One row per (user, item): the earliest (the first in file order among equal timestamps)."""
+    return inter.sort_values("timestamp", kind="stable").drop_duplicates(["user_raw", "item_raw"])
+
+
 def _tiny_users(inter: pd.DataFrame, spec: dict) -> pd.DataFrame:
     users = np.sort(inter["user_raw"].unique())
     rng = np.random.default_rng(int(spec.get("seed", 0)))
@@ -105,7 +121,9 @@ def build(card: Card, tiny: bool = False) -> CanonicalData:
     raw = parser(resolved.source.format)(resolved.paths, resolved.source, report)
     report.check(card.max_bad_line_ratio, card.name)
 
-    inter = raw.interactions.astype({"user_raw": str, "item_raw": str})
+    inter = _with_ids(_with_ids(raw.interactions, "user_raw"), "item_raw")
+    if card.filtering.get("deduplicate"):
+        inter = _earliest(inter)
     if card.filtering.get("k_core"):
         inter = k_core(inter, int(card.filtering["k_core"]))
     if tiny:
@@ -119,7 +137,7 @@ def build(card: Card, tiny: bool = False) -> CanonicalData:
         "timestamp": inter["timestamp"].astype("int64").to_numpy(),
     }).sort_values(["user", "timestamp", "item"], kind="stable", ignore_index=True)
 
-    meta = raw.items.astype({"item_raw": str}).drop_duplicates("item_raw").set_index("item_raw")
+    meta = _with_ids(raw.items, "item_raw").drop_duplicates("item_raw").set_index("item_raw")
     meta = meta.reindex(item_index)
     titles = meta["title"].fillna("").map(clean_title)
     missing = titles.str.len() == 0
@@ -129,11 +147,11 @@ def build(card: Card, tiny: bool = False) -> CanonicalData:
         "item": np.arange(len(item_index), dtype="int64"),
         "raw_id": item_index.astype(str),
         "title": titles.to_numpy(),
-        "year": meta["year"].astype("Int64").to_numpy() if "year" in meta else pd.NA,
+        "year": meta["year"].astype("Int64").array if "year" in meta else pd.NA,
         "genres": meta["genres"].fillna("").to_numpy() if "genres" in meta else "",
     })
-    user_meta = raw.users.astype({"user_raw": str}).drop_duplicates("user_raw").set_index("user_raw")
-    users = user_meta.reindex(user_index).reset_index(names="raw_id")
+    user_meta = _with_ids(raw.users, "user_raw").drop_duplicates("user_raw").set_index("user_raw")
+    users = user_meta.reindex(user_index).reset_index(names="raw_id").astype({"raw_id": str})
     users.insert(0, "user", np.arange(len(user_index), dtype="int64"))
     return CanonicalData(card, interactions, items, users, resolved.sha256, tiny)
 
@@ -146,14 +164,23 @@ def _cache_folder(card: Card, tiny: bool) -> Path:
     return cache_root() / "tables" / f"{card.name}-{key}"
 
 
-def load(name: str, tiny: bool = False) -> CanonicalData:
-    """Canonical tables of card ``name`` (the ``ci`` subset when ``tiny``), from cache when valid."""
-    card = load_card(name)
+def _same_sources(card: Card, built_from: dict[str, str]) -> bool:
+    """Whether the cached tables were built from the raw files present now. Files the card pins by
+    sha256 cannot have changed; the others (sources that publish no checksum) are hashed again."""
+    if all(sha is not None for source in card.sources for sha in source.files.values()):
+        return True
+    return resolve(card).sha256 == built_from
+
+
+def load(name: str | Card, tiny: bool = False) -> CanonicalData:
+    """Canonical tables of a card (its name, or a loaded :class:`Card`; the ``ci`` subset when
+    ``tiny``), from cache when valid."""
+    card = name if isinstance(name, Card) else load_card(name)
     folder = _cache_folder(card, tiny)
     meta_path = folder / "meta.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if all((folder / f"{t}.parquet").exists() and sha256_file(folder / f"{t}.parquet") == meta["sha256"][t]
+        if _same_sources(card, meta["source_sha256"]) and all((folder / f"{t}.parquet").exists() and sha256_file(folder / f"{t}.parquet") == meta["sha256"][t]
                for t in _TABLES):
             tables = {t: pd.read_parquet(folder / f"{t}.parquet") for t in _TABLES}
             return CanonicalData(card, **tables, source_sha256=meta["source_sha256"], tiny=tiny)

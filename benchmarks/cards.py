@@ -23,6 +23,8 @@ _PROTOCOL_KEYS = {
     "ctr": {"history_len", "max_history", "min_history", "split", "eval_cap", "seed"},
     "next_item": {"history_len", "max_history", "n_candidates", "min_interactions", "seed", "eval_cap"},
 }
+_FILTERING = {"k_core": "(int|null) user/item k-core, iterated until stable",
+              "deduplicate": "(earliest|null) keep one interaction per (user, item): the earliest"}
 _TOP_KEYS = {"name", "version", "citation", "domain", "sources", "filtering", "label_threshold",
              "max_bad_line_ratio", "protocols", "tiny", "notes"}
 
@@ -89,6 +91,9 @@ def load_card(name: str) -> Card:
         bad = set(params) - _PROTOCOL_KEYS[proto]
         if bad:
             raise ValueError(f"{where}: protocols.{proto}: unknown key(s) {sorted(bad)}")
+    filtering = raw.get("filtering") or {}
+    if set(filtering) - set(_FILTERING) or filtering.get("deduplicate") not in (None, "earliest"):
+        raise ValueError(f"{where}: filtering: allowed keys are {_FILTERING}, got {filtering}")
     sources = []
     for i, src in enumerate(raw["sources"]):
         src = dict(src)

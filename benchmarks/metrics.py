@@ -102,7 +102,7 @@ def _hit(k: int):
 def _ndcg(k: int):
     def per_sample(labels, scores):
         rank = target_rank(labels, scores)
-        gain = 1.0 / np.log2(rank + 2.0)
+        gain = 1.0 / np.log2(np.maximum(rank, 0) + 2.0)
         return np.where((rank >= 0) & (rank < k), gain, 0.0)
     return per_sample
 

@@ -74,6 +74,8 @@ def _histories(ordered: pd.DataFrame, rows: np.ndarray, positions: np.ndarray,
                max_len: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """For each sample (row index ``rows`` into ``ordered``, at user position ``positions``), the up to
     ``max_len`` previous items and ratings of the same user, oldest first; vectorized."""
+    if len(rows) == 0:
+        return [], []
     hist_len = np.minimum(positions, max_len)
     offsets = np.concatenate([[0], np.cumsum(hist_len)])
     first = rows - hist_len

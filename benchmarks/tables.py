@@ -1,12 +1,16 @@
-"""Accuracy and latency tables from records (tabulate), plus ``summary.csv``.
+"""Accuracy and latency tables from records (tabulate), plus ``summary.csv`` and ``latency.csv``.
 
 Rows are (dataset, protocol, method, shots); values are mean ± std over seeds (std over seeds, ddof=1,
-shown only with 2+ seeds). Column headers carry ↑/↓ from the metric registry. The header line states
-the suite's caps so a capped run is never mistaken for the full protocol.
+shown only with 2+ seeds), followed by the bootstrap 95% interval over test samples in brackets when
+the run's score files give one (:mod:`benchmarks.stats`). Column headers carry ↑/↓ from the metric
+registry. The header line states the suite's caps so a capped run is never mistaken for the full
+protocol. Every table renders as GitHub markdown (``tablefmt="github"``), LaTeX (``"latex"``) or HTML
+(``"html"``); cells are escaped for the format and :class:`Bold` cells are set in bold.
 """
 from __future__ import annotations
 
 import csv
+import html
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,23 +18,49 @@ import numpy as np
 from tabulate import tabulate
 
 from benchmarks.metrics import METRICS, REPORTED
+from benchmarks.stats import PRIMARY_METRIC, Interval, mean_std
 
 GROUP = ("dataset", "task", "method", "shots")
 
+#: the compact paper-style table's columns per task (what the papers report)
+PAPER_METRICS = {"ctr": ("auc", "logloss"), "next_item": ("hr@1", "valid_ratio")}
 
-def _group(records: list[dict]) -> dict[tuple, list[dict]]:
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SYMBOLS = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "≥": r"$\geq$"}
+
+
+class Bold(str):
+    """A table cell shown in bold (``**x**``, ``\\textbf{x}``, ``<b>x</b>``)."""
+
+
+def _cell(text: object, tablefmt: str) -> str:
+    value = str(text)
+    if tablefmt == "latex":
+        value = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in value)
+        for symbol, command in _LATEX_SYMBOLS.items():
+            value = value.replace(symbol, command)
+        return rf"\textbf{{{value}}}" if isinstance(text, Bold) else value
+    if tablefmt == "html":
+        value = html.escape(value)
+        return f"<b>{value}</b>" if isinstance(text, Bold) else value
+    return f"**{value}**" if isinstance(text, Bold) and tablefmt == "github" else value
+
+
+def render(rows: list[list], headers: list[str], tablefmt: str = "github") -> str:
+    """One table in ``tablefmt``: "github", "latex" or "html" (cells escaped), or any tabulate format."""
+    fmt = {"latex": "latex_raw", "html": "unsafehtml"}.get(tablefmt, tablefmt)
+    body = [[_cell(c, tablefmt) for c in row] for row in rows]
+    return tabulate(body, headers=[_cell(h, tablefmt) for h in headers], tablefmt=fmt, disable_numparse=True)
+
+
+def group_records(records: list[dict]) -> dict[tuple, list[dict]]:
+    """Finished records by (dataset, task, method, shots) as strings, in sorted order."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         if r.get("status") == "ok":
             groups[tuple(str(r[k]) for k in GROUP)].append(r)
     return dict(sorted(groups.items()))
-
-
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
-    if arr.size == 0:
-        return float("nan"), None
-    return float(np.mean(arr)), (float(np.std(arr, ddof=1)) if arr.size > 1 else None)
 
 
 def fmt(mean: float, std: float | None, digits: int = 4) -> str:

@@ -15,14 +15,22 @@ import pandas as pd
 PARSERS = {
     "recbole_atomic": "benchmarks.formats.recbole_atomic:parse",
     "movielens_100k_zip": "benchmarks.formats.movielens:parse_100k_zip",
+    "movielens_1m_zip": "benchmarks.formats.movielens:parse_1m_zip",
+    "movielens_25m_zip": "benchmarks.formats.movielens:parse_25m_zip",
+    "amazon_2014": "benchmarks.formats.amazon:parse_2014",
+    "amazon_2018": "benchmarks.formats.amazon:parse_2018",
+    "amazon_2023": "benchmarks.formats.amazon:parse_2023",
+    "steam": "benchmarks.formats.steam:parse",
 }
 
 
 @dataclass
 class RawTables:
-    """interactions: user_raw (str), item_raw (str), rating (float32), timestamp (int64 seconds);
-    items: item_raw (str), title (str, as published), year (Int64), genres (str, "|"-joined);
-    users: user_raw (str) and side features."""
+    """interactions: user_raw, item_raw (str, or int64 where the source's ids are integers), rating
+    (float32; 1.0 for implicit feedback), timestamp (int64 seconds);
+    items: item_raw (same type as in interactions), title (str, as published; None or "" when the
+    source has none), year (Int64), genres (str, "|"-joined);
+    users: user_raw (same type) and side features."""
 
     interactions: pd.DataFrame
     items: pd.DataFrame

@@ -3,6 +3,12 @@
 * ``ml-100k.zip``: ``u.data`` (user, item, rating, timestamp; tabs), ``u.item`` (latin-1, ``|``:
   id, "Title (Year)", release date, video date, IMDb URL, 19 genre flags named in ``u.genre``),
   ``u.user`` (id|age|gender|occupation|zip).
+* ``ml-1m.zip``: ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``), ``movies.dat`` (latin-1,
+  ``MovieID::Title (Year)::Genre|Genre``), ``users.dat`` (``UserID::Gender::Age::Occupation::Zip``).
+* ``ml-25m.zip``: ``ratings.csv`` (``userId,movieId,rating,timestamp``, half stars, header line) and
+  ``movies.csv`` (``movieId,title,genres``, UTF-8, titles with commas in double quotes); no user file.
+
+The 1M and 25M ids are integers and stay integers (faster canonical tables at 25M rows).
 """
 from __future__ import annotations
 
@@ -11,12 +17,20 @@ import zipfile
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from benchmarks.cards import Source
 from benchmarks.formats import BadLines, RawTables
+from benchmarks.formats.delimited import read_delimited
+
+_RATING_TYPES = {"user_raw": pa.int64(), "item_raw": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()}
+_NO_GENRES = "(no genres listed)"
 
 
-def _split_lines(text: str, sep: str, n_fields: int, file: str, report: BadLines) -> list[list[str]]:
+def _split_lines(text: str, sep: str, n_fields: int, file: str, report: BadLines,
+                 int_fields: tuple[int, ...] = ()) -> list[list[str]]:
+    """The lines of a small side file split into ``n_fields`` fields; others are recorded as bad, and
+    so are lines whose fields at ``int_fields`` are not integers."""
     rows = []
     for no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -26,15 +40,30 @@ def _split_lines(text: str, sep: str, n_fields: int, file: str, report: BadLines
         if len(fields) != n_fields:
             report.record(file, no, f"expected {n_fields} fields, got {len(fields)}")
             continue
+        if not all(fields[i].strip().isdigit() for i in int_fields):
+            report.record(file, no, "an id is not an integer")
+            continue
         rows.append(fields)
     return rows
+
+
+def _member(archive: zipfile.ZipFile, name: str) -> str:
+    """The archive member called ``name``, at the top or in the archive's folder (``ml-1m/``)."""
+    match = [m for m in archive.namelist() if m.endswith("/" + name) or m == name]
+    if not match:
+        raise ValueError(f"{archive.filename}: no member '{name}' (is this the right archive?)")
+    return match[0]
+
+
+def _year_from_title(titles: pd.Series) -> pd.Series:
+    """The "(1995)" suffix of MovieLens titles as Int64 (NA when absent)."""
+    return pd.to_numeric(titles.str.extract(r"\((\d{4})\)\s*$")[0], errors="coerce").astype("Int64")
 
 
 def parse_100k_zip(paths: dict[str, Path], source: Source, report: BadLines) -> RawTables:
     with zipfile.ZipFile(next(iter(paths.values()))) as archive:
         def member(name: str) -> str:
-            match = [m for m in archive.namelist() if m.endswith("/" + name) or m == name]
-            return archive.read(match[0]).decode("latin-1")
+            return archive.read(_member(archive, name)).decode("latin-1")
 
         data = pd.read_csv(io.StringIO(member("u.data")), sep="\t", header=None, dtype=str,
                            names=["user_raw", "item_raw", "rating", "timestamp"])
@@ -56,3 +85,38 @@ def parse_100k_zip(paths: dict[str, Path], source: Source, report: BadLines) -> 
     })
     users = pd.DataFrame(user_rows, columns=["user_raw", "age", "gender", "occupation", "zip_code"])
     return RawTables(interactions, items, users)
+
+
+def parse_1m_zip(paths: dict[str, Path], source: Source, report: BadLines) -> RawTables:
+    with zipfile.ZipFile(next(iter(paths.values()))) as archive:
+        interactions = read_delimited(lambda: archive.open(_member(archive, "ratings.dat")), "ratings.dat",
+                                      _RATING_TYPES, report, sep="::")
+
+        def rows(name: str, n_fields: int) -> list[list[str]]:
+            text = archive.read(_member(archive, name)).decode("latin-1")
+            return _split_lines(text, "::", n_fields, name, report, int_fields=(0,))
+
+        movie_rows, user_rows = rows("movies.dat", 3), rows("users.dat", 5)
+    movies = pd.DataFrame(movie_rows, columns=["item_raw", "title", "genres"])
+    items = pd.DataFrame({
+        "item_raw": pd.to_numeric(movies["item_raw"]).astype("int64"),
+        "title": movies["title"],
+        "year": _year_from_title(movies["title"]),
+        "genres": movies["genres"],
+    })
+    users = pd.DataFrame(user_rows, columns=["user_raw", "gender", "age", "occupation", "zip_code"])
+    users["user_raw"] = pd.to_numeric(users["user_raw"]).astype("int64")
+    return RawTables(interactions, items, users)
+
+
+def parse_25m_zip(paths: dict[str, Path], source: Source, report: BadLines) -> RawTables:
+    with zipfile.ZipFile(next(iter(paths.values()))) as archive:
+        interactions = read_delimited(lambda: archive.open(_member(archive, "ratings.csv")), "ratings.csv",
+                                      _RATING_TYPES, report, header=True)
+        movies = read_delimited(lambda: archive.open(_member(archive, "movies.csv")), "movies.csv",
+                                {"item_raw": pa.int64(), "title": pa.string(), "genres": pa.string()},
+                                report, header=True, quoted=True)
+    items = movies.assign(year=_year_from_title(movies["title"]),
+                          genres=movies["genres"].replace(_NO_GENRES, ""))
+    users = pd.DataFrame({"user_raw": interactions["user_raw"].unique()})
+    return RawTables(interactions, items[["item_raw", "title", "year", "genres"]], users)

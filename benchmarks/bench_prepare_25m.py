@@ -1,0 +1,191 @@
+"""Data preparation at MovieLens-25M scale: wall time and peak memory (issue F6).
+
+    python -m benchmarks.bench_prepare_25m                   # 25,000,095 synthetic ratings (~2 min)
+    python -m benchmarks.bench_prepare_25m --rows 1000000    # a quick look
+
+1. Writes a synthetic ``ml-25m.zip`` in the GroupLens format (``ml-25m/ratings.csv`` sorted by user
+   then movie, half-star ratings, a header line; ``ml-25m/movies.csv`` with quoted titles) with the
+   published shape: 162,541 users with at least 20 ratings each, 59,047 rated movies out of 62,423,
+   skewed popularity. It is kept in the work folder and reused by later runs.
+2. In a fresh process, prepares it the way a run does with the ``movielens-25m`` card: parse,
+   canonical tables, both protocols with the frozen candidate draw, parquet files in the cache.
+3. Prints the wall time of each stage, the peak RSS of the preparing process, and the targets
+   (at most 90 s and 6 GB on 2 CPU cores). Exit status 1 when a target is missed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ML25M = {"rows": 25_000_095, "users": 162_541, "rated_movies": 59_047, "movies": 62_423}
+TARGET_SECONDS, TARGET_BYTES = 90.0, 6 * 10**9
+_HALF_STARS = np.arange(1, 11) / 2
+_STAR_SHARES = np.array([1.6, 3.1, 1.6, 6.6, 5.0, 19.6, 12.6, 26.6, 8.5, 14.8])  # % of ML-25M ratings
+_FIRST_DAY, _LAST_DAY = 789_652_009, 1_574_327_703  # the first and last ML-25M timestamps
+
+
+def _user_counts(rng: np.random.Generator, rows: int, users: int) -> np.ndarray:
+    """Ratings per user: at least 20, heavy-tailed, summing to ``rows`` exactly."""
+    extra = rng.lognormal(3.9, 1.25, users)
+    counts = 20 + np.floor(extra * (rows - 20 * users) / extra.sum()).astype(np.int64)
+    counts[rng.choice(users, size=rows - counts.sum(), replace=True)] += 1
+    return counts
+
+
+def _distinct_items(rng: np.random.Generator, counts: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(user, item) pairs, ``counts[u]`` distinct items per user, popular items more often; sorted."""
+    popularity = 1.0 / (np.arange(n_items) + 50.0)
+    cdf = np.cumsum(popularity / popularity.sum())
+    keys = np.zeros(0, dtype=np.int64)
+    missing = counts.copy()
+    for attempt in range(100):
+        users = np.repeat(np.arange(len(counts), dtype=np.int64), missing)
+        draw = rng.random(len(users))
+        items = np.searchsorted(cdf, draw) if attempt < 3 else (draw * n_items).astype(np.int64)
+        keys = np.unique(np.concatenate([keys, users * n_items + np.minimum(items, n_items - 1)]))
+        missing = counts - np.bincount(keys // n_items, minlength=len(counts))
+        if not missing.any():
+            return keys // n_items, keys % n_items
+    raise RuntimeError("could not draw distinct items (a user has more ratings than movies?)")
+
+
+def _ratings_table(rows: int, seed: int):
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    counts = _user_counts(rng, rows, max(1, round(ML25M["users"] * rows / ML25M["rows"])))
+    users, items = _distinct_items(rng, counts, ML25M["rated_movies"])
+    movie_ids = np.sort(rng.choice(np.arange(1, 209_172), size=ML25M["movies"], replace=False))
+    rated = np.sort(rng.choice(ML25M["movies"], size=ML25M["rated_movies"], replace=False))
+    start = rng.integers(_FIRST_DAY, _LAST_DAY, size=len(counts))
+    span = np.minimum(_LAST_DAY - start, rng.exponential(3e7, size=len(counts)).astype(np.int64) + 1)
+    seconds = start[users] + (rng.random(len(users)) ** 2 * span[users]).astype(np.int64)
+    stars = rng.choice(len(_HALF_STARS), size=len(users), p=_STAR_SHARES / _STAR_SHARES.sum())
+    star_text = pa.DictionaryArray.from_arrays(pa.array(stars.astype(np.int8)),
+                                               pa.array([f"{s:.1f}" for s in _HALF_STARS]))
+    table = pa.table({"userId": pa.array(users + 1), "movieId": pa.array(movie_ids[rated][items]),
+                      "rating": star_text.cast(pa.string()), "timestamp": pa.array(seconds)})
+    return table, movie_ids
+
+
+def _movies_csv(movie_ids: np.ndarray, seed: int) -> str:
+    rng = np.random.default_rng(seed + 1)
+    genres = ["Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Drama", "Horror"]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["movieId", "title", "genres"])
+    for movie in movie_ids.tolist():
+        article = ", The" if movie % 7 == 0 else ""
+        picked = "|".join(sorted(set(rng.choice(genres, size=1 + movie % 3)))) if movie % 50 else "(no genres listed)"
+        writer.writerow([movie, f"Synthetic Movie {movie}{article} ({1930 + movie % 90})", picked])
+    return out.getvalue()
+
+
+def write_synthetic_zip(path: Path, rows: int, seed: int = 0) -> None:
+    """Write ``path``: a zip laid out like ``ml-25m.zip`` with ``rows`` synthetic ratings."""
+    import pyarrow.csv as pacsv
+
+    table, movie_ids = _ratings_table(rows, seed)
+    tmp = path.with_suffix(".part")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open("ml-25m/ratings.csv", "w", force_zip64=True) as member:
+            member.write(b"userId,movieId,rating,timestamp\n")
+            pacsv.write_csv(table, member, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+        archive.writestr("ml-25m/movies.csv", _movies_csv(movie_ids, seed))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# The measured part, in its own process
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def prepare(zip_path: Path, cache: Path) -> dict:
+    """Prepare the synthetic archive with the movielens-25m card; stage times and peak RSS."""
+    os.environ["LLMREC_BENCH_CACHE"] = str(cache)
+    os.environ["LLMREC_BENCH_OFFLINE"] = "1"
+    from benchmarks import canonical, protocols
+    from benchmarks.cache import sha256_file
+    from benchmarks.cards import load_card
+
+    raw = cache / "raw" / "ml-25m.zip"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    if not raw.exists():
+        os.symlink(zip_path.resolve(), raw)
+    card = load_card("movielens-25m")
+    source = dataclasses.replace(card.sources[0], files={"ml-25m.zip": sha256_file(zip_path)})
+    card = dataclasses.replace(card, sources=(source,))
+
+    stages, start = [], time.perf_counter()
+
+    def stage(name: str, began: float, **extra) -> None:
+        stages.append({"stage": name, "seconds": round(time.perf_counter() - began, 2),
+                       "peak_rss_gb_so_far": round(_peak_rss_bytes() / 1e9, 2), **extra})
+
+    began = time.perf_counter()
+    data = canonical.load(card)
+    stage("parse + canonical tables + parquet", began, **data.statistics())
+    for task in ("ctr", "next_item"):
+        began = time.perf_counter()
+        frozen = protocols.load(data, task)
+        stage(f"{task} protocol + parquet", began,
+              **{f"{s}_samples": len(frozen.split(s)) for s in protocols.SPLITS})
+        del frozen
+    return {"stages": stages, "seconds": round(time.perf_counter() - start, 2),
+            "peak_rss_bytes": _peak_rss_bytes()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_prepare_25m",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=ML25M["rows"], help="synthetic ratings (default: as ML-25M)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "llmrec-bench-25m",
+                   help="keeps the synthetic archive between runs, and the scratch cache")
+    p.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)  # internal: the measured process
+    args = p.parse_args(argv)
+    if args.prepare:
+        print(json.dumps(prepare(args.prepare, args.workdir / "cache")))
+        return 0
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    archive = args.workdir / f"ml-25m-synthetic-{args.rows}-{args.seed}.zip"
+    if not archive.exists():
+        began = time.perf_counter()
+        write_synthetic_zip(archive, args.rows, args.seed)
+        print(f"wrote {archive} ({archive.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - began:.0f} s")
+    shutil.rmtree(args.workdir / "cache", ignore_errors=True)
+    child = subprocess.run([sys.executable, "-m", "benchmarks.bench_prepare_25m", "--prepare", str(archive),
+                            "--workdir", str(args.workdir)], capture_output=True, text=True)
+    if child.returncode:
+        sys.stderr.write(child.stderr)
+        return child.returncode
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    for row in result["stages"]:
+        print(json.dumps(row))
+    ok = result["seconds"] <= TARGET_SECONDS and result["peak_rss_bytes"] <= TARGET_BYTES
+    print(f"{args.rows:,} ratings prepared in {result['seconds']:.1f} s (target <= {TARGET_SECONDS:.0f} s), "
+          f"peak RSS {result['peak_rss_bytes'] / 1e9:.2f} GB (target <= {TARGET_BYTES / 1e9:.0f} GB) on "
+          f"{len(os.sched_getaffinity(0))} CPU cores: {'OK' if ok else 'MISSED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

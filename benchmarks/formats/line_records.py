@@ -1,0 +1,159 @@
+"""Files with one record per line (JSON lines, or Python dict literals), gzip-compressed or plain.
+
+:func:`read_records` decodes every line, keeps the requested keys as columns and records each line it
+cannot use (bad JSON, an unparseable literal, not a mapping, a required key missing) with its file
+and line number in the :class:`~benchmarks.formats.BadLines` report. Python literals are parsed with
+:func:`ast.literal_eval`, never ``eval``. A gzip stream that ends early is an error, not a bad line:
+the number of lines lost with it is unknown.
+
+Decoding is the slow part (``ast.literal_eval`` reads about 10-60 thousand lines/s on one core), so
+large files are decoded in chunks by a pool of worker processes while this process decompresses.
+"""
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import os
+import zlib
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+
+from benchmarks.formats import BadLines
+
+#: line decoders by the name used in parsers
+DECODERS = ("json", "python", "json_or_python")
+CHUNK_LINES = 20_000
+#: below this many bytes a file is decoded in this process (a pool costs more than it saves)
+PARALLEL_MIN_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Decoded columns of consecutive lines, and the lines that could not be used."""
+
+    columns: dict[str, list[Any]]
+    bad: list[tuple[int, str]]  # (line number, why)
+    n_lines: int
+
+
+def _decode_line(text: str, decoder: str) -> Any:
+    if decoder == "json":
+        return json.loads(text)
+    if decoder == "python":
+        return ast.literal_eval(text)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return ast.literal_eval(text)
+
+
+def decode_chunk(lines: list[bytes], first_line: int, decoder: str, keys: tuple[str, ...],
+                 required: tuple[str, ...]) -> Chunk:
+    """Decode ``lines`` (numbered from ``first_line``) and keep ``keys`` (absent optional keys: None)."""
+    columns: dict[str, list[Any]] = {"line": [], **{k: [] for k in keys}}
+    bad: list[tuple[int, str]] = []
+    n_lines = 0
+    for no, raw in enumerate(lines, start=first_line):
+        if not raw.strip():
+            continue
+        n_lines += 1
+        try:
+            record = _decode_line(raw.decode("utf-8"), decoder)
+        except (ValueError, SyntaxError, MemoryError, RecursionError) as err:
+            bad.append((no, f"not a {decoder.replace('_or_', ' or ')} record ({type(err).__name__})"))
+            continue
+        if not isinstance(record, dict):
+            bad.append((no, f"expected a mapping, got {type(record).__name__}"))
+            continue
+        missing = [k for k in required if record.get(k) is None]
+        if missing:
+            bad.append((no, f"missing {', '.join(missing)}"))
+            continue
+        columns["line"].append(no)
+        for key in keys:
+            columns[key].append(record.get(key))
+    return Chunk(columns, bad, n_lines)
+
+
+def _line_chunks(path: Path, label: str) -> Iterator[tuple[list[bytes], int]]:
+    """(lines, number of the first) in chunks of CHUNK_LINES; gzip is detected by its magic bytes."""
+    with open(path, "rb") as probe:
+        is_gzip = probe.read(2) == b"\x1f\x8b"
+    opener: Callable[..., Any] = gzip.open if is_gzip else open
+    first, lines = 1, []
+    try:
+        with opener(path, "rb") as stream:
+            for line in stream:
+                lines.append(line)
+                if len(lines) == CHUNK_LINES:
+                    yield lines, first
+                    first, lines = first + len(lines), []
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise ValueError(f"{label}: the gzip stream is damaged or ends early after line "
+                         f"{first + len(lines) - 1} ({err}); delete the file and fetch it again") from None
+    if lines:
+        yield lines, first
+
+
+def _pool_size(path: Path, workers: int | None) -> int:
+    if workers is not None:
+        return max(1, workers)
+    if path.stat().st_size < PARALLEL_MIN_BYTES:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def _decoded_chunks(path: Path, label: str, args: tuple, workers: int) -> Iterator[Chunk]:
+    if workers == 1:
+        for lines, first in _line_chunks(path, label):
+            yield decode_chunk(lines, first, *args)
+        return
+    pending: deque[Future] = deque()
+    pool: Executor
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for lines, first in _line_chunks(path, label):
+            pending.append(pool.submit(decode_chunk, lines, first, *args))
+            while len(pending) > 2 * workers:  # bounded: the file is never held in memory whole
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def read_records(path: Path, label: str, decoder: str, keys: tuple[str, ...], required: tuple[str, ...],
+                 report: BadLines, workers: int | None = None) -> pd.DataFrame:
+    """Decode every line of ``path`` and return a frame with ``line`` (int64) and one object column per
+    key, for the lines that decoded to a mapping holding every ``required`` key.
+
+    Args:
+        label: the file's name in messages (``report`` keeps "label:line: why").
+        decoder: "json", "python" (``ast.literal_eval``) or "json_or_python" (JSON first).
+        workers: decoding processes; None picks the available cores for files over 32 MiB.
+
+    Raises:
+        ValueError: the gzip stream is damaged or truncated (names the file and the last good line).
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown line decoder '{decoder}'; known: {', '.join(DECODERS)}")
+    columns: dict[str, list[Any]] = {"line": [], **{k: [] for k in keys}}
+    for chunk in _decoded_chunks(path, label, (decoder, keys, required), _pool_size(path, workers)):
+        report.add_lines(chunk.n_lines)
+        for no, why in chunk.bad:
+            report.record(label, no, why)
+        for name, values in chunk.columns.items():
+            columns[name].extend(values)
+    frame = pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in columns.items()})
+    return frame.astype({"line": "int64"})
+
+
+def drop_invalid(frame: pd.DataFrame, invalid: pd.Series, why: str, label: str,
+                 report: BadLines) -> pd.DataFrame:
+    """Record the rows flagged by ``invalid`` as bad lines (by their ``line``) and drop them."""
+    for no in frame.loc[invalid.to_numpy(), "line"].to_numpy():
+        report.record(label, int(no), why)
+    return frame[~invalid.to_numpy()]

@@ -1,0 +1,124 @@
+"""End-to-end behaviour of the harness on the ci suite (one shared run), the CLI, and the suite schema."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from benchmarks import reference, suite as suite_schema
+from tests.conftest import ROOT, only_run_dir, read_records, run_suite
+
+
+def test_every_ci_cell_finished(ci_records):
+    failed = {r["cell"]: r["error"] for r in ci_records if r["status"] != "ok"}
+    assert not failed
+    keys = [r["cell"] for r in ci_records]
+    assert len(keys) == len(set(keys))
+
+
+def test_ci_run_matches_the_regression_reference(ci_run):
+    pinned = json.loads(reference.REFERENCE.read_text())
+    problems = reference.check(ci_run[0], pinned)
+    assert not problems, "\n".join(problems)
+    # the reference covers every cell the suite runs, so a new method cannot slip in unpinned
+    assert set(pinned["cells"]) == {r["cell"] for r in read_records(ci_run[0])}
+
+
+def test_methods_on_one_protocol_see_the_same_samples(ci_records):
+    by_task: dict[str, set] = {}
+    for r in ci_records:
+        by_task.setdefault(r["task"], set()).add((r["protocol_hash"], r["n_eval"]))
+    assert all(len(v) == 1 for v in by_task.values()), by_task
+
+
+def test_records_carry_what_reproduces_them(ci_records):
+    for r in ci_records:
+        assert len(r["protocol_hash"]) == 64 and len(r["method_config_hash"]) == 64
+        assert r["dataset_sha256"] and all(len(v) == 64 for v in r["dataset_sha256"].values())
+        t = r["timing"]
+        assert t["train_seconds"] >= 0 and t["latency_p50_ms"] > 0 and t["peak_memory_mb"] > 0
+        assert t["latency_p95_ms"] >= t["latency_p50_ms"]
+
+
+def test_run_folder_has_tables_and_prints_them(ci_run):
+    run_dir, proc = ci_run
+    for name in ("records.jsonl", "accuracy.md", "latency.md", "summary.csv", "env.json", "suite.json"):
+        assert (run_dir / name).exists(), name
+    assert "## Accuracy" in proc.stdout and "## Latency" in proc.stdout
+    assert "eval_cap=" in (run_dir / "accuracy.md").read_text()  # caps are stated above the tables
+    rows = list(csv.DictReader(open(run_dir / "summary.csv")))
+    methods = {r["method"] for r in read_records(run_dir)}
+    assert {r["method"] for r in rows} == methods
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["packages"]["numpy"] and env["python"]
+
+
+def test_rerun_gives_identical_records(ci_run, tmp_path):
+    """Determinism: the same suite and seeds give the same metrics (everything but timing)."""
+    run_suite("--suite", "ci", out=tmp_path)
+    volatile = {"timing", "started_at", "finished_at", "run_id"}
+    first = {r["cell"]: {k: v for k, v in r.items() if k not in volatile} for r in read_records(ci_run[0])}
+    second = {r["cell"]: {k: v for k, v in r.items() if k not in volatile}
+              for r in read_records(only_run_dir(tmp_path))}
+    assert first.keys() == second.keys()
+    for key in first:
+        assert first[key] == second[key], key
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--suite", "nope"], "unknown suite 'nope'"),
+    (["--methods", "popp"], "Did you mean pop"),
+    (["--datasets", "movielens-10k"], "unknown dataset"),
+    (["--seeds", "a,b"], "--seeds"),
+    (["--bogus"], "unrecognized arguments"),
+])
+def test_cli_mistakes_exit_2_with_one_line(args, fragment, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", *args, "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing started
+
+
+def test_list_and_dry_run():
+    out = subprocess.run([sys.executable, "-m", "benchmarks.run", "--list"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert "movielens-100k" in out and "pop" in out and "quick" in out
+    dry = subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite", "ci", "--dry-run"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert "movielens-100k/next_item/pop/seed=1/shots=full" in dry
+
+
+def _ci_raw() -> dict:
+    return yaml.safe_load((suite_schema.SUITES_DIR / "ci.yaml").read_text())
+
+
+@pytest.mark.parametrize("mutate, fragment", [
+    (lambda r: r.update(epochs=3), "unknown key(s) ['epochs']"),
+    (lambda r: r["budget"].update(eval_cap="lots"), "budget.eval_cap"),
+    (lambda r: r["budget"].update(batchsize=3), "budget: unknown key(s) ['batchsize']"),
+    (lambda r: r.update(seeds=[1, "two"]), "seeds[1]"),
+    (lambda r: r["methods"].update(pop={"shots": [0]}), "methods.pop.shots"),
+    (lambda r: r["methods"].update(pop={"confg": {}}), "methods.pop: unknown key(s) ['confg']"),
+    (lambda r: r["datasets"][0].update(protocols=["ctr", "clicks"]), "unknown protocol 'clicks'"),
+])
+def test_bad_suite_files_fail_naming_the_key(mutate, fragment):
+    raw = _ci_raw()
+    mutate(raw)
+    with pytest.raises(suite_schema.SuiteError) as err:
+        suite_schema.parse(raw, "ci.yaml")
+    assert fragment in str(err.value)
+
+
+def test_every_shipped_suite_is_valid_and_expands():
+    for name in suite_schema.known_suites():
+        suite = suite_schema.load_suite(name)
+        assert suite_schema.cells(suite), name
