@@ -1,1 +1,0 @@
-"""Suite files (YAML). Schema: benchmarks/suites.py."""
