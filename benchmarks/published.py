@@ -115,13 +115,15 @@ def _lookup(record: dict, path: str) -> Any:
 
 def unmet_conditions(conditions: dict, record: dict) -> list[str]:
     """A line per condition the record does not meet: ``path: measured X, paper Y``."""
+    def show(value: Any) -> str:
+        return "null" if value is None else str(value)
+
     reasons = []
     for path, wanted in conditions.items():
         got = _lookup(record, path)
         options = wanted["one_of"] if isinstance(wanted, dict) and "one_of" in wanted else [wanted]
         if got not in options:
-            shown = " or ".join(str(o) for o in options)
-            reasons.append(f"{path}: measured {got}, paper {shown}")
+            reasons.append(f"{path}: measured {show(got)}, paper {' or '.join(show(o) for o in options)}")
     return reasons
 
 
@@ -138,21 +140,22 @@ class Comparison:
         return bool(self.measured) and not self.reasons and self.published.value is not None
 
 
-def _not_measured_reason(p: Published) -> str:
-    if p.dataset not in known_cards():
+def _not_measured_reason(p: Published, cards: list[str], methods: dict) -> str:
+    if p.dataset not in cards:
         return f"no dataset card '{p.dataset}' in datasets/"
-    if p.method not in discover():
+    if p.method not in methods:
         return f"method '{p.method}' is not registered"
     return "not in this run"
 
 
 def compare(published: list[Published], groups: dict[tuple, list[dict]]) -> list[Comparison]:
     """Line up each published number with the run's group of the same (dataset, task, method, shots)."""
+    cards, methods = known_cards(), discover()
     out = []
     for p in published:
         measured = groups.get(p.key, [])
         if not measured:
-            out.append(Comparison(p, [], (_not_measured_reason(p),)))
+            out.append(Comparison(p, [], (_not_measured_reason(p, cards, methods),)))
             continue
         reasons = sorted({reason for record in measured for reason in unmet_conditions(p.comparable_when, record)})
         if p.value is None:

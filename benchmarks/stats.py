@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import records
-from benchmarks.metrics import METRICS
+from benchmarks.metrics import METRICS, REPORTED
 
 N_RESAMPLES = 1000
 SEED = 20240601
@@ -111,13 +111,13 @@ def bootstrap_interval(name: str, labels: np.ndarray, runs: list[np.ndarray], *,
     ``labels``, in the same sample order)."""
     labels = np.asarray(labels)
     estimate = float(np.mean([METRICS[name].fn(labels, scores) for scores in runs]))
-    stats = _seed_mean(name, labels, runs, resample_counts(len(labels), n_resamples, seed))
-    stats = stats[~np.isnan(stats)]
-    if stats.size == 0:
+    values = _seed_mean(name, labels, runs, resample_counts(len(labels), n_resamples, seed))
+    values = values[~np.isnan(values)]
+    if values.size == 0:
         return Interval(estimate, float("nan"), float("nan"), len(labels), 0)
     tail = (1 - level) / 2 * 100
-    low, high = np.percentile(stats, [tail, 100 - tail])
-    return Interval(estimate, float(low), float(high), len(labels), int(stats.size))
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return Interval(estimate, float(low), float(high), len(labels), int(values.size))
 
 
 @dataclass(frozen=True)
@@ -199,3 +199,52 @@ def align(a: GroupScores, b: GroupScores) -> tuple[np.ndarray, list[np.ndarray],
     if not np.array_equal(a.labels[ia], b.labels[ib]):
         raise ValueError("the two groups disagree on labels of shared samples: different protocols")
     return a.labels[ia], [r[ia] for r in a.runs], [r[ib] for r in b.runs]
+
+
+@dataclass(frozen=True)
+class PairedRow:
+    """A paired comparison of methods ``a`` and ``b`` in one (dataset, task, shots)."""
+
+    dataset: str
+    task: str
+    shots: str
+    a: str
+    b: str
+    result: Paired
+
+
+@dataclass(frozen=True)
+class RunStatistics:
+    """Bootstrap intervals per group and metric, and paired comparisons, of one run folder."""
+
+    intervals: dict[tuple, dict[str, Interval]]
+    paired: list[PairedRow]
+
+
+def _badness(metric: str, value: float) -> float:
+    """Sort key: the better the value in the metric's direction, the smaller; NaN last."""
+    if np.isnan(value):
+        return np.inf
+    return -value if METRICS[metric].higher_is_better else value
+
+
+def run_statistics(run_dir: Path, groups: dict[tuple, list[dict]]) -> RunStatistics:
+    """Intervals for every group (key: dataset, task, method, shots) whose score files exist, and, in
+    each (dataset, task, shots), the best method by ``PRIMARY_METRIC`` paired against every other."""
+    scores = {key: load_group(run_dir, rs) for key, rs in groups.items()}
+    scores = {key: s for key, s in scores.items() if s is not None}
+    intervals = {key: {name: bootstrap_interval(name, s.labels, s.runs) for name in REPORTED[key[1]]}
+                 for key, s in scores.items()}
+    by_setting: dict[tuple, list[tuple]] = {}
+    for key in scores:
+        by_setting.setdefault((key[0], key[1], key[3]), []).append(key)
+    paired = []
+    for (dataset, task, shots), keys in sorted(by_setting.items()):
+        metric = PRIMARY_METRIC[task]
+        ranked = sorted(keys, key=lambda k: _badness(metric, intervals[k][metric].estimate))
+        best = ranked[0]
+        for other in ranked[1:]:
+            labels, runs_a, runs_b = align(scores[best], scores[other])
+            paired.append(PairedRow(dataset, task, shots, best[2], other[2],
+                                    paired_bootstrap(metric, labels, runs_a, runs_b)))
+    return RunStatistics(intervals, paired)

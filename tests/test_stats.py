@@ -1,0 +1,156 @@
+"""Statistics against independent computations: expanded resamples scored by scikit-learn, the normal
+approximation of a proportion's interval, and independent (unpaired) resampling."""
+import numpy as np
+import pytest
+from sklearn.metrics import log_loss, roc_auc_score
+
+from benchmarks import records, stats
+
+
+def test_mean_std_matches_numpy_and_hides_single_seed_std():
+    values = [0.61, 0.64, 0.70]
+    mean, std = stats.mean_std(values + [None])
+    assert mean == pytest.approx(np.mean(values))
+    assert std == pytest.approx(np.std(values, ddof=1))
+    assert stats.mean_std([0.5]) == (0.5, None)
+
+
+def test_resample_counts_are_deterministic_bootstrap_draws():
+    counts = stats.resample_counts(50, 200, 3)
+    assert counts.shape == (200, 50)
+    assert (counts.sum(axis=1) == 50).all() and (counts >= 0).all()
+    assert np.array_equal(counts, stats.resample_counts(50, 200, 3))
+    assert not np.array_equal(counts, stats.resample_counts(50, 200, 4))
+    # each sample is drawn n times with probability 1/n per draw: mean count 1, variance (n-1)/n
+    assert counts.mean() == pytest.approx(1.0)
+    assert counts.var() == pytest.approx(49 / 50, rel=0.1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_weighted_auc_equals_auc_of_the_expanded_resample(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 120)
+    scores = np.round(rng.random(120), 1)  # many ties
+    counts = stats.resample_counts(120, 8, seed).astype(int)
+    got = stats.weighted_auc(labels, scores, counts)
+    for b in range(8):
+        expected = roc_auc_score(np.repeat(labels, counts[b]), np.repeat(scores, counts[b]))
+        assert got[b] == pytest.approx(expected, abs=1e-12)
+
+
+def test_weighted_mean_metric_equals_metric_of_the_expanded_resample():
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, 90)
+    scores = rng.random(90)
+    counts = stats.resample_counts(90, 5, 1).astype(int)
+    got = stats.weighted_metric("logloss", labels, scores, counts)
+    for b in range(5):
+        expected = log_loss(np.repeat(labels, counts[b]), np.repeat(scores, counts[b]), labels=[0, 1])
+        assert got[b] == pytest.approx(expected, rel=1e-9)
+
+
+def test_single_class_resamples_are_skipped_for_auc():
+    labels = np.array([1, 0, 0, 0, 0])
+    interval = stats.bootstrap_interval("auc", labels, [np.array([0.9, 0.1, 0.2, 0.3, 0.4])])
+    # P(the positive is never drawn in 5 draws) = (4/5)^5 ~ 0.33, and the all-positive case is rarer
+    assert 550 < interval.resamples < 750
+    assert interval.estimate == 1.0 and interval.low == interval.high == 1.0
+
+
+def test_proportion_interval_matches_the_normal_approximation():
+    rng = np.random.default_rng(11)
+    n = 2000
+    labels = rng.integers(0, 2, n)
+    scores = np.where(rng.random(n) < 0.7, labels, 1 - labels).astype(float)  # ~70% correct
+    interval = stats.bootstrap_interval("accuracy", labels, [scores])
+    p = interval.estimate
+    half_width = 1.959964 * np.sqrt(p * (1 - p) / n)
+    assert interval.high - interval.low == pytest.approx(2 * half_width, rel=0.12)
+    assert interval.low < p < interval.high
+
+
+def test_interval_width_shrinks_with_n():
+    rng = np.random.default_rng(5)
+    widths = []
+    for n in (100, 1600):
+        labels = rng.integers(0, 2, n)
+        scores = np.clip(labels * 0.3 + rng.random(n) * 0.7, 0, 1)
+        interval = stats.bootstrap_interval("auc", labels, [scores])
+        widths.append(interval.high - interval.low)
+    assert widths[1] < widths[0] / 2.5   # 1/sqrt(16) = 1/4 in theory
+
+
+def test_interval_of_several_seeds_is_around_their_mean():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 20, 300)
+    runs = [rng.random((300, 20)) for _ in range(3)]
+    for row, target in enumerate(labels):
+        runs[0][row, target] += 0.5   # seed 1 is good, the others random
+    interval = stats.bootstrap_interval("hr@1", labels, runs)
+    single = [np.mean(np.argmax(r, axis=1) == labels) for r in runs]
+    assert interval.estimate == pytest.approx(np.mean(single))
+    assert interval.low < np.mean(single) < interval.high
+
+
+def test_paired_bootstrap_of_identical_inputs_shows_no_difference():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 100)
+    scores = rng.random(100)
+    result = stats.paired_bootstrap("auc", labels, [scores], [scores.copy()])
+    assert result.delta == 0 and result.low == 0 and result.high == 0
+    assert result.p_a_better == 0.5
+
+
+@pytest.mark.parametrize("metric", ["auc", "logloss"])
+def test_paired_bootstrap_finds_a_clearly_better_method_in_the_metric_direction(metric):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 200)
+    good = np.clip(0.25 + 0.5 * labels + rng.normal(0, 0.15, 200), 0.01, 0.99)
+    noise = rng.random(200)
+    better = stats.paired_bootstrap(metric, labels, [good], [noise])
+    worse = stats.paired_bootstrap(metric, labels, [noise], [good])
+    assert better.p_a_better > 0.99 and worse.p_a_better < 0.01
+    if metric == "auc":
+        assert better.low > 0
+    else:  # lower is better: A's loss is smaller, so A - B is negative
+        assert better.high < 0
+
+
+def test_pairing_narrows_the_interval_of_a_difference_between_correlated_methods():
+    rng = np.random.default_rng(4)
+    n = 400
+    labels = rng.integers(0, 2, n)
+    a = np.clip(0.3 + 0.4 * labels + rng.normal(0, 0.2, n), 0, 1)
+    b = np.clip(a + rng.normal(0, 0.02, n), 0, 1)       # B is A plus a little noise
+    paired = stats.paired_bootstrap("auc", labels, [a], [b])
+    # unpaired: A and B resampled independently (different seeds), computed here from the counts
+    ca, cb = stats.resample_counts(n, 1000, 1), stats.resample_counts(n, 1000, 2)
+    unpaired = stats.weighted_auc(labels, a, ca) - stats.weighted_auc(labels, b, cb)
+    unpaired_width = np.subtract(*np.percentile(unpaired, [97.5, 2.5]))
+    assert paired.high - paired.low < unpaired_width / 5
+
+
+def _save(run_dir, cell, ids, labels, scores):
+    records.save_scores(run_dir, cell, np.asarray(ids), np.asarray(labels), np.asarray(scores))
+
+
+def test_load_group_aligns_seeds_on_sample_id(tmp_path):
+    _save(tmp_path, "d/ctr/m/seed=1/shots=full", [3, 1, 2, 0], [1, 0, 1, 0], [0.3, 0.1, 0.2, 0.0])
+    _save(tmp_path, "d/ctr/m/seed=2/shots=full", [0, 1, 2, 3, 9], [0, 0, 1, 1, 1], [1.0, 1.1, 1.2, 1.3, 1.9])
+    group = stats.load_group(tmp_path, [{"cell": "d/ctr/m/seed=1/shots=full"}, {"cell": "d/ctr/m/seed=2/shots=full"}])
+    assert group.sample_id.tolist() == [0, 1, 2, 3]              # the samples both seeds scored
+    assert group.labels.tolist() == [0, 0, 1, 1]
+    assert group.runs[0].tolist() == [0.0, 0.1, 0.2, 0.3]
+    assert group.runs[1].tolist() == [1.0, 1.1, 1.2, 1.3]
+    assert stats.load_group(tmp_path, [{"cell": "d/ctr/m/seed=3/shots=full"}]) is None
+
+
+def test_align_refuses_groups_whose_labels_disagree(tmp_path):
+    _save(tmp_path, "a", [0, 1, 2], [0, 1, 1], [0.1, 0.2, 0.3])
+    _save(tmp_path, "b", [2, 1], [1, 1], [0.5, 0.6])
+    _save(tmp_path, "c", [1, 2], [0, 1], [0.5, 0.6])
+    a, b, c = (stats.load_group(tmp_path, [{"cell": k}]) for k in "abc")
+    labels, runs_a, runs_b = stats.align(a, b)
+    assert labels.tolist() == [1, 1] and runs_a[0].tolist() == [0.2, 0.3] and runs_b[0].tolist() == [0.6, 0.5]
+    with pytest.raises(ValueError, match="different protocols"):
+        stats.align(a, c)
