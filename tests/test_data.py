@@ -187,7 +187,7 @@ def interaction_tables(draw):
     n_items = draw(st.integers(12, 30))
     rows = []
     for user in range(n_users):
-        items = draw(st.lists(st.integers(0, n_items - 1), min_size=1, max_size=9, unique=True))
+        items = draw(st.lists(st.integers(0, n_items - 1), min_size=1, max_size=7, unique=True))  # >= 5 never seen
         for item in items:
             rows.append((user, item, draw(st.integers(1, 5)), draw(st.integers(0, 5))))  # many ties
     inter = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"]).astype(
