@@ -61,22 +61,38 @@ class CanonicalData:
     def statistics(self) -> dict[str, float]:
         """Counts for the dataset table, including last-item timestamp ties (see the card)."""
         inter = self.interactions
-        ordered = inter.sort_values(["user", "timestamp", "item"], kind="stable")
-        last_two = ordered.groupby("user").tail(2)
-        ts = last_two.groupby("user")["timestamp"].agg(["min", "max", "size"])
-        ties = int(((ts["size"] == 2) & (ts["min"] == ts["max"])).sum())
-        n_u, n_i = inter["user"].nunique(), inter["item"].nunique()
+        user, timestamp = inter["user"].to_numpy(), inter["timestamp"].to_numpy()
+        order = stable_order(user, timestamp, inter["item"].to_numpy())
+        user, timestamp = user[order], timestamp[order]
+        last = np.flatnonzero(np.append(user[1:] != user[:-1], len(user) > 0))  # each user's last row
+        last = last[last > 0]
+        last = last[user[last - 1] == user[last]]  # users with two rows or more
+        ties = int((timestamp[last] == timestamp[last - 1]).sum())
+        n_u, n_i = len(pd.unique(user)), inter["item"].nunique()
         return {
             "users": n_u, "items": n_i, "interactions": len(inter),
             "density": len(inter) / max(1, n_u * n_i),
             "users_with_tied_last_two": ties,
-            "untitled_items": int((self.items["title"].str.startswith("Unknown ")).sum()),
+            "untitled_items": int((self.items["title"] == PLACEHOLDER_TITLE.format(
+                item=self.card.domain.get("item", "item")) + " " + self.items["raw_id"].astype(str)).sum()),
         }
+
+
+def stable_order(*keys: np.ndarray) -> np.ndarray:
+    """Row indices that sort by ``keys`` (the first key first), stably: rows with equal keys keep
+    their order. The same permutation as ``np.lexsort(keys[::-1])`` or pandas' stable multi-column
+    sort, computed by Arrow several times faster (25M rows by three keys: about 3 s)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = pa.table({f"k{i}": key for i, key in enumerate(keys)})
+    order = pc.sort_indices(table, sort_keys=[(f"k{i}", "ascending") for i in range(len(keys))])
+    return order.to_numpy().astype(np.int64)
 
 
 def _dense_codes(raw_ids: pd.Series) -> pd.Index:
     if pd.api.types.is_integer_dtype(raw_ids):
-        return pd.Index(np.unique(raw_ids.to_numpy()))
+        return pd.Index(np.sort(pd.unique(raw_ids.to_numpy())))
     unique = pd.Index(raw_ids.astype(str).unique())
     numeric = pd.to_numeric(pd.Series(unique), errors="coerce")
     if numeric.notna().all():
@@ -130,12 +146,15 @@ def build(card: Card, tiny: bool = False) -> CanonicalData:
         inter = _tiny_users(inter, card.tiny)
 
     user_index, item_index = _dense_codes(inter["user_raw"]), _dense_codes(inter["item_raw"])
-    interactions = pd.DataFrame({
-        "user": user_index.get_indexer(inter["user_raw"]).astype("int64"),
-        "item": item_index.get_indexer(inter["item_raw"]).astype("int64"),
-        "rating": inter["rating"].astype("float32").to_numpy(),
-        "timestamp": inter["timestamp"].astype("int64").to_numpy(),
-    }).sort_values(["user", "timestamp", "item"], kind="stable", ignore_index=True)
+    columns = {
+        "user": user_index.get_indexer(inter["user_raw"]).astype("int64", copy=False),
+        "item": item_index.get_indexer(inter["item_raw"]).astype("int64", copy=False),
+        "rating": inter["rating"].to_numpy(dtype="float32"),
+        "timestamp": inter["timestamp"].to_numpy(dtype="int64"),
+    }
+    order = stable_order(columns["user"], columns["timestamp"], columns["item"])
+    # copy=False: one block per column, no second copy of 25M rows into a 2-D block
+    interactions = pd.DataFrame({name: values[order] for name, values in columns.items()}, copy=False)
 
     meta = _with_ids(raw.items, "item_raw").drop_duplicates("item_raw").set_index("item_raw")
     meta = meta.reindex(item_index)
@@ -180,8 +199,9 @@ def load(name: str | Card, tiny: bool = False) -> CanonicalData:
     meta_path = folder / "meta.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if _same_sources(card, meta["source_sha256"]) and all((folder / f"{t}.parquet").exists() and sha256_file(folder / f"{t}.parquet") == meta["sha256"][t]
-               for t in _TABLES):
+        if _same_sources(card, meta["source_sha256"]) and all(
+                (folder / f"{t}.parquet").exists() and sha256_file(folder / f"{t}.parquet") == meta["sha256"][t]
+                for t in _TABLES):
             tables = {t: pd.read_parquet(folder / f"{t}.parquet") for t in _TABLES}
             return CanonicalData(card, **tables, source_sha256=meta["source_sha256"], tiny=tiny)
     data = build(card, tiny)

@@ -34,7 +34,7 @@ class Source:
     format: str
     location: str
     files: Mapping[str, str | None]  # file name -> sha256 (None: the source publishes none)
-    url: str | None = None
+    url: str | Mapping[str, str] | None = None  # one URL, or file name -> URL for several files
     size: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 

@@ -5,6 +5,9 @@ A process per cell frees all memory (GPU included) between cells, makes the proc
 cell's own peak, and contains crashes: a cell that dies (segfault, out-of-memory kill) or outlives
 ``budget.cell_timeout_s`` is recorded as failed, with the peak RSS the parent saw, and the suite goes
 on.
+
+``ray``: one Ray task per cell on a Ray cluster (:mod:`benchmarks.executors_ray`, which imports ray
+only when chosen); each task runs its cell the same way, in its own process.
 """
 from __future__ import annotations
 
@@ -77,4 +80,15 @@ def run_local(suite_file: Path, suite: Suite, todo: list[Cell], run_dir: Path, r
         yield run_in_subprocess(suite_file, suite, cell, run_dir, run_id)
 
 
-EXECUTORS: dict[str, Callable[..., Iterable[dict]]] = {"local": run_local}
+class ExecutorError(RuntimeError):
+    """An executor that cannot start (its engine is missing or unreachable): one line, exit 2."""
+
+
+def run_ray(suite_file: Path, suite: Suite, todo: list[Cell], run_dir: Path, run_id: str, **options) -> Iterable[dict]:
+    """``--executor ray`` (options: ``address``); see :mod:`benchmarks.executors_ray`."""
+    from benchmarks.executors_ray import run_on_ray
+
+    return run_on_ray(suite_file, suite, todo, run_dir, run_id, **options)
+
+
+EXECUTORS: dict[str, Callable[..., Iterable[dict]]] = {"local": run_local, "ray": run_ray}

@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Union
 
 import numpy as np
 import pandas as pd
 
 from benchmarks.cache import atomic_dir, cache_root, sha256_file
-from benchmarks.canonical import CanonicalData
+from benchmarks.canonical import CanonicalData, stable_order
 from benchmarks.cards import canonical_hash, canonical_json
 from benchmarks.contract import ProtocolInfo
 
@@ -60,134 +61,253 @@ class FrozenProtocol:
 
 
 # --------------------------------------------------------------------------------------------------
-# Building blocks
+# Building blocks. Samples are built as columns: numpy arrays, and list columns as windows into one
+# array, never one Python object per sample (25M interactions must fit in a few GB). The pandas
+# frames methods see are made from the columns, or read from parquet, only when asked for.
+
+_ROW_GROUP_ROWS = 1 << 20  # rows per parquet row group: pyarrow's default, so the bytes are pandas'
+_BLOCK_ROWS = 1 << 17  # rows gathered at a time: blocks this small reuse the allocator's memory
 
 
-def _user_order(inter: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Interactions ordered by (user, timestamp, item), each user's start offset and count."""
-    ordered = inter.sort_values(["user", "timestamp", "item"], kind="stable", ignore_index=True)
-    users, starts, counts = np.unique(ordered["user"].to_numpy(), return_index=True, return_counts=True)
-    return ordered, starts, counts
+@dataclass(frozen=True)
+class _Windows:
+    """A list column without one object per row: row ``j`` is ``source[end[j] - length[j]:end[j]]``.
+    A block of rows is one gather of fixed-width windows (``width``: the longest row) and a mask."""
+
+    source: np.ndarray
+    end: np.ndarray
+    length: np.ndarray
+    width: int
+
+    def __len__(self) -> int:
+        return len(self.end)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.source.dtype
+
+    def take(self, rows: np.ndarray | slice) -> _Windows:
+        return _Windows(self.source, self.end[rows], self.length[rows], self.width)
+
+    def values(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """The values of rows ``lo:hi``, concatenated in row order."""
+        end, length = self.end[lo:hi], self.length[lo:hi]
+        width = min(self.width, len(self.source))
+        if not len(end) or not width:
+            return self.source[:0]
+        start = np.maximum(end - width, 0)
+        windows = np.lib.stride_tricks.sliding_window_view(self.source, width)[start]  # source[start:start+width]
+        if (length == width).all():
+            return windows.ravel()
+        column = np.arange(width)
+        return windows[(column >= (end - length - start)[:, None]) & (column < (end - start)[:, None])]
+
+    def fill(self, lo: int, hi: int, out: np.ndarray) -> int:
+        """Write the values of rows ``lo:hi`` into ``out`` block by block; how many were written."""
+        done = 0
+        for start in range(lo, hi, _BLOCK_ROWS):
+            block = self.values(start, min(hi, start + _BLOCK_ROWS))
+            out[done: done + len(block)] = block
+            done += len(block)
+        return done
+
+    def arrays(self) -> list[np.ndarray]:
+        """One array per row (views into one copy), as a pandas object column holds them."""
+        return np.split(self.values(), np.cumsum(self.length)[:-1]) if len(self) else []
 
 
-def _histories(ordered: pd.DataFrame, rows: np.ndarray, positions: np.ndarray,
-               max_len: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+#: a sample table under construction: column name -> values (numpy array) or list column (windows)
+Columns = dict[str, Union[np.ndarray, _Windows]]
+
+
+def _take(columns: Columns, rows: np.ndarray | slice) -> Columns:
+    return {name: values.take(rows) if isinstance(values, _Windows) else values[rows]
+            for name, values in columns.items()}
+
+
+def _n_rows(columns: Columns) -> int:
+    return len(next(iter(columns.values())))
+
+
+def _frame(columns: Columns) -> pd.DataFrame:
+    """The sample table as methods see it (list columns: object columns of numpy arrays)."""
+    return pd.DataFrame({name: values.arrays() if isinstance(values, _Windows) else values
+                         for name, values in columns.items()})
+
+
+def _is_ordered(user: np.ndarray, timestamp: np.ndarray, item: np.ndarray) -> bool:
+    du, dt, di = np.diff(user), np.diff(timestamp), np.diff(item)
+    return bool(np.all((du > 0) | ((du == 0) & ((dt > 0) | ((dt == 0) & (di >= 0))))))
+
+
+def _user_order(inter: pd.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Interaction columns ordered by (user, timestamp, item) (canonical tables already are), each
+    user's start offset and count."""
+    ordered = {name: inter[name].to_numpy() for name in ("user", "item", "rating", "timestamp")}
+    if not _is_ordered(ordered["user"], ordered["timestamp"], ordered["item"]):
+        order = stable_order(ordered["user"], ordered["timestamp"], ordered["item"])
+        ordered = {name: values[order] for name, values in ordered.items()}
+    users = ordered["user"]
+    first = np.ones(len(users), dtype=bool)
+    first[1:] = users[1:] != users[:-1]
+    starts = np.flatnonzero(first)
+    return ordered, starts, np.diff(np.append(starts, len(users)))
+
+
+def _histories(ordered: dict[str, np.ndarray], rows: np.ndarray, positions: np.ndarray,
+               max_len: int) -> tuple[_Windows, _Windows]:
     """For each sample (row index ``rows`` into ``ordered``, at user position ``positions``), the up to
-    ``max_len`` previous items and ratings of the same user, oldest first; vectorized."""
-    if len(rows) == 0:
-        return [], []
-    hist_len = np.minimum(positions, max_len)
-    offsets = np.concatenate([[0], np.cumsum(hist_len)])
-    first = rows - hist_len
-    flat = np.repeat(first - offsets[:-1], hist_len) + np.arange(offsets[-1])
-    items = ordered["item"].to_numpy()[flat]
-    ratings = ordered["rating"].to_numpy()[flat].astype(np.float32)
-    cut = offsets[1:-1]
-    return np.split(items, cut), np.split(ratings, cut)
+    ``max_len`` previous items and ratings of the same user, oldest first."""
+    length = np.minimum(positions, max_len).astype(np.int64)
+    return (_Windows(ordered["item"], rows, length, max_len),
+            _Windows(ordered["rating"].astype(np.float32, copy=False), rows, length, max_len))
+
+
+def _fixed_width(matrix: np.ndarray) -> _Windows:
+    """A list column whose row ``j`` is ``matrix[j]``."""
+    n, width = matrix.shape
+    return _Windows(matrix.ravel(), np.arange(1, n + 1, dtype=np.int64) * width,
+                    np.full(n, width, dtype=np.int64), width)
+
+
+def _contains(sorted_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Whether each of ``codes`` is in ``sorted_codes`` (sorted, unique); ``np.isin`` without a sort."""
+    if not len(sorted_codes):
+        return np.zeros(np.shape(codes), dtype=bool)
+    return sorted_codes[np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)] == codes
+
+
+def _rejected(users: np.ndarray, targets: np.ndarray, neg: np.ndarray, n_items: int,
+              seen: np.ndarray) -> np.ndarray:
+    """Which draws must be redrawn: seen by the user, the target, or a repeat within the row."""
+    bad = _contains(seen, users[:, None] * n_items + neg) | (neg == targets[:, None])
+    order = np.argsort(neg, axis=1, kind="stable")
+    sorted_neg = np.take_along_axis(neg, order, axis=1)
+    dup_sorted = np.zeros_like(bad)
+    dup_sorted[:, 1:] = sorted_neg[:, 1:] == sorted_neg[:, :-1]
+    dup = np.zeros_like(bad)
+    np.put_along_axis(dup, order, dup_sorted, axis=1)
+    return bad | dup
 
 
 def sample_negatives(users: np.ndarray, targets: np.ndarray, n_neg: int, n_items: int,
                      seen_pairs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``[len(users), n_neg]`` items drawn uniformly, without repeats in a row, among items the user
     never interacted with (``seen_pairs`` = sorted ``user * n_items + item`` codes). Vectorized
-    rejection sampling; also used by methods that re-draw training candidates each epoch."""
+    rejection sampling; also used by methods that re-draw training candidates each epoch. Each round
+    re-checks only the rows redrawn in the round before (the others cannot have changed), and
+    redraws in row-major order, so the result is that of re-checking every row.
+
+    Raises:
+        ValueError: a user has fewer than ``n_neg`` items besides the target never interacted with.
+    """
+    if n_neg and len(users):
+        seen = np.searchsorted(seen_pairs, (users + 1) * n_items) - np.searchsorted(seen_pairs, users * n_items)
+        target_unseen = (~_contains(seen_pairs, users * n_items + targets)).astype(np.int64)
+        short = n_items - seen - target_unseen < n_neg
+        if short.any():
+            raise ValueError(f"{int(short.sum())} of {len(users)} users have fewer than {n_neg} items they never "
+                             f"interacted with: {n_neg} distinct negatives cannot be drawn for them")
     neg = rng.integers(0, n_items, size=(len(users), n_neg))
-    while True:
-        codes = users[:, None] * n_items + neg
-        bad = np.isin(codes, seen_pairs) | (neg == targets[:, None])
-        order = np.argsort(neg, axis=1, kind="stable")
-        sorted_neg = np.take_along_axis(neg, order, axis=1)
-        dup_sorted = np.zeros_like(bad)
-        dup_sorted[:, 1:] = sorted_neg[:, 1:] == sorted_neg[:, :-1]
-        dup = np.zeros_like(bad)
-        np.put_along_axis(dup, order, dup_sorted, axis=1)
-        bad |= dup
+    active = np.arange(len(users))
+    while len(active):
+        sub = neg[active]
+        bad = _rejected(users[active], targets[active], sub, n_items, seen_pairs)
         if not bad.any():
-            return neg
-        neg[bad] = rng.integers(0, n_items, size=int(bad.sum()))
+            break
+        sub[bad] = rng.integers(0, n_items, size=int(bad.sum()))
+        neg[active] = sub
+        active = active[bad.any(axis=1)]
+    return neg
 
 
 def seen_pairs(inter: pd.DataFrame, n_items: int) -> np.ndarray:
     return np.unique(inter["user"].to_numpy() * n_items + inter["item"].to_numpy())
 
 
-def _cap(frame: pd.DataFrame, cap: int | None, rng: np.random.Generator) -> pd.DataFrame:
-    if cap is None or len(frame) <= cap:
-        return frame
-    keep = np.sort(rng.choice(len(frame), size=int(cap), replace=False))
-    return frame.iloc[keep]
+def _cap(columns: Columns, cap: int | None, rng: np.random.Generator) -> Columns:
+    if cap is None or _n_rows(columns) <= cap:
+        return columns
+    keep = np.sort(rng.choice(_n_rows(columns), size=int(cap), replace=False))
+    return _take(columns, keep)
 
 
-def _finish(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.reset_index(drop=True)
-    frame.insert(0, "sample_id", np.arange(len(frame), dtype=np.int64))
-    return frame
+def _finish(columns: Columns) -> Columns:
+    return {"sample_id": np.arange(_n_rows(columns), dtype=np.int64), **columns}
 
 
 # --------------------------------------------------------------------------------------------------
 # The two protocols
 
 
-def build_ctr(data: CanonicalData, params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+def build_ctr(data: CanonicalData, params: Mapping[str, Any]) -> dict[str, Columns]:
     if data.card.label_threshold is None:
         raise ValueError(f"dataset '{data.card.name}' has no label_threshold: the ctr protocol needs ratings")
     ordered, starts, counts = _user_order(data.interactions)
-    position = np.arange(len(ordered)) - np.repeat(starts, counts)
+    position = np.arange(len(ordered["user"])) - np.repeat(starts, counts)
     eligible = np.flatnonzero(position >= int(params["min_history"]))
-    hist, hist_r = _histories(ordered, eligible, position[eligible], int(params["max_history"]))
-    samples = pd.DataFrame({
-        "user": ordered["user"].to_numpy()[eligible],
-        "item": ordered["item"].to_numpy()[eligible],
-        "timestamp": ordered["timestamp"].to_numpy()[eligible],
+    rows = eligible[stable_order(ordered["timestamp"][eligible], ordered["user"][eligible],
+                                 ordered["item"][eligible])]
+    hist, hist_r = _histories(ordered, rows, position[rows], int(params["max_history"]))
+    rating = ordered["rating"][rows]
+    samples = {
+        "user": ordered["user"][rows],
+        "item": ordered["item"][rows],
+        "timestamp": ordered["timestamp"][rows],
         "history": hist,
         "history_ratings": hist_r,
-        "rating": ordered["rating"].to_numpy()[eligible],
-    })
-    samples["label"] = (samples["rating"] > float(data.card.label_threshold)).astype(np.int64)
-    samples = samples.sort_values(["timestamp", "user", "item"], kind="stable", ignore_index=True)
+        "rating": rating,
+        "label": (rating > float(data.card.label_threshold)).astype(np.int64),
+    }
     fractions = np.asarray(params["split"], dtype=float)
-    bounds = np.floor(np.cumsum(fractions / fractions.sum()) * len(samples)).astype(int)
-    train, valid, test = samples.iloc[: bounds[0]], samples.iloc[bounds[0]: bounds[1]], samples.iloc[bounds[1]:]
+    bounds = np.floor(np.cumsum(fractions / fractions.sum()) * len(rows)).astype(int)
+    train, valid, test = (_take(samples, slice(lo, hi)) for lo, hi in
+                          ((0, bounds[0]), (bounds[0], bounds[1]), (bounds[1], None)))
     rng = np.random.default_rng(int(params["seed"]))
     cap = params.get("eval_cap")
     return {"train": _finish(train), "valid": _finish(_cap(valid, cap, rng)), "test": _finish(_cap(test, cap, rng))}
 
 
-def build_next_item(data: CanonicalData, params: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+def build_next_item(data: CanonicalData, params: Mapping[str, Any]) -> dict[str, Columns]:
     ordered, starts, counts = _user_order(data.interactions)
     user_of_row = np.repeat(np.arange(len(starts)), counts)
-    position = np.arange(len(ordered)) - starts[user_of_row]
+    position = np.arange(len(ordered["user"])) - starts[user_of_row]
     count = counts[user_of_row]
     evaluated = count >= int(params["min_interactions"])
-    role = np.where(~evaluated, "train",
-                    np.where(position == count - 1, "test", np.where(position == count - 2, "valid", "train")))
-    role[position == 0] = np.where(role[position == 0] == "train", "none", role[position == 0])  # no history
+    role = np.full(len(position), SPLITS.index("train"), dtype=np.int8)
+    role[evaluated & (position == count - 2)] = SPLITS.index("valid")
+    role[evaluated & (position == count - 1)] = SPLITS.index("test")
+    role[(position == 0) & (role == SPLITS.index("train"))] = -1  # no history: no sample
+    del user_of_row, count, evaluated
     rng = np.random.default_rng(int(params["seed"]))
     n_items = data.catalog.n_items
     pairs = seen_pairs(data.interactions, n_items)
     out = {}
-    for split in SPLITS:
-        rows = np.flatnonzero(role == split)
+    for code, split in enumerate(SPLITS):
+        rows = np.flatnonzero(role == code)
         hist, hist_r = _histories(ordered, rows, position[rows], int(params["max_history"]))
-        frame = pd.DataFrame({
-            "user": ordered["user"].to_numpy()[rows],
-            "item": ordered["item"].to_numpy()[rows],
-            "timestamp": ordered["timestamp"].to_numpy()[rows],
+        samples: Columns = {
+            "user": ordered["user"][rows],
+            "item": ordered["item"][rows],
+            "timestamp": ordered["timestamp"][rows],
             "history": hist,
             "history_ratings": hist_r,
-        })
+        }
         if split != "train":
-            users, targets = frame["user"].to_numpy(), frame["item"].to_numpy()
-            neg = sample_negatives(users, targets, int(params["n_candidates"]) - 1, n_items, pairs, rng)
+            users, targets = samples["user"], samples["item"]
+            try:
+                neg = sample_negatives(users, targets, int(params["n_candidates"]) - 1, n_items, pairs, rng)
+            except ValueError as err:
+                raise ValueError(f"dataset '{data.card.name}', next_item {split}: {err}; lower n_candidates "
+                                 f"in {data.card.path}") from None
             cands = np.concatenate([targets[:, None], neg], axis=1)
             perm = np.argsort(rng.random(cands.shape), axis=1)
-            cands = np.take_along_axis(cands, perm, axis=1)
-            frame["candidates"] = list(cands)
-            frame["label"] = np.argmax(perm == 0, axis=1).astype(np.int64)
-            frame = _cap(frame, params.get("eval_cap"), rng)
+            samples["candidates"] = _fixed_width(np.take_along_axis(cands, perm, axis=1))
+            samples["label"] = np.argmax(perm == 0, axis=1).astype(np.int64)
+            samples = _cap(samples, params.get("eval_cap"), rng)
         else:
-            frame["label"] = np.zeros(len(frame), dtype=np.int64)  # the target is `item`
-        out[split] = _finish(frame)
+            samples["label"] = np.zeros(len(rows), dtype=np.int64)  # the target is `item`
+        out[split] = _finish(samples)
     return out
 
 
@@ -198,25 +318,71 @@ BUILDERS = {"ctr": build_ctr, "next_item": build_next_item}
 # Hashing, storage
 
 
-def _column_bytes(series: pd.Series) -> list[bytes]:
-    if series.name in _LIST_COLUMNS:
-        arrays = [np.asarray(a) for a in series]
+def _column_bytes(name: str, values: pd.Series | np.ndarray | _Windows) -> Iterator[bytes | memoryview]:
+    """The canonical bytes of a column: its values and dtype; for a list column, the row lengths
+    (int64), the concatenated values and their dtype (float64 when there are no rows). Frames and
+    columns give the same bytes."""
+    if isinstance(values, _Windows):
+        yield memoryview(np.ascontiguousarray(values.length, dtype=np.int64))
+        for lo in range(0, len(values), _BLOCK_ROWS):
+            yield memoryview(np.ascontiguousarray(values.values(lo, lo + _BLOCK_ROWS)))
+        yield str(values.dtype if len(values) else np.dtype(np.float64)).encode()
+    elif name in _LIST_COLUMNS:
+        arrays = [np.asarray(a) for a in values]
         lengths = np.array([len(a) for a in arrays], dtype=np.int64)
         flat = np.concatenate(arrays) if arrays else np.zeros(0)
-        return [lengths.tobytes(), np.ascontiguousarray(flat).tobytes(), str(flat.dtype).encode()]
-    values = np.ascontiguousarray(series.to_numpy())
-    return [values.tobytes(), str(values.dtype).encode()]
+        yield from (lengths.tobytes(), np.ascontiguousarray(flat).tobytes(), str(flat.dtype).encode())
+    else:
+        array = np.ascontiguousarray(values.to_numpy() if isinstance(values, pd.Series) else values)
+        yield from (memoryview(array), str(array.dtype).encode())
 
 
-def content_hash(splits: Mapping[str, pd.DataFrame], header: Mapping[str, Any]) -> str:
+def content_hash(splits: Mapping[str, pd.DataFrame | Columns], header: Mapping[str, Any]) -> str:
+    """sha256 of the header (canonical JSON) and of every column of every split, in sorted order."""
     digest = hashlib.sha256(canonical_json(header).encode())
     for split in SPLITS:
-        frame = splits[split]
-        for column in sorted(frame.columns):
+        table = splits[split]
+        for column in sorted(table.columns if isinstance(table, pd.DataFrame) else table):
             digest.update(f"{split}/{column}".encode())
-            for chunk in _column_bytes(frame[column]):
+            for chunk in _column_bytes(column, table[column]):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def _write_parquet(columns: Columns, path: Path) -> None:
+    """``_frame(columns).to_parquet(path, index=False)``, byte for byte, one row group at a time
+    (the schema, with its pandas metadata, is that of the frame's first row). A second thread
+    encodes each row group while this one gathers the next into the other of two buffers."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = _n_rows(columns)
+    if n == 0:
+        _frame(columns).to_parquet(path, index=False)
+        return
+    schema = pa.Schema.from_pandas(_frame(_take(columns, slice(0, 1))), preserve_index=False)
+    group = min(n, _ROW_GROUP_ROWS)
+    buffers = {name: [np.empty(group * values.width, dtype=values.dtype) for _ in range(2)]
+               for name, values in columns.items() if isinstance(values, _Windows)}
+    with pq.ParquetWriter(path, schema, compression="snappy") as writer, ThreadPoolExecutor(1) as encoder:
+        pending = None
+        for k, lo in enumerate(range(0, n, group)):
+            hi = min(n, lo + group)
+            arrays = []
+            for name, values in columns.items():
+                kind = schema.field(name).type
+                if not isinstance(values, _Windows):
+                    arrays.append(pa.array(values[lo:hi], type=kind))
+                    continue
+                flat = buffers[name][k % 2]
+                count = values.fill(lo, hi, flat)
+                offsets = np.concatenate([[0], np.cumsum(values.length[lo:hi])]).astype(np.int32)
+                arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat[:count]), type=kind))
+            table = pa.Table.from_arrays(arrays, schema=schema)
+            if pending is not None:
+                pending.result()  # the encoder is done with the other buffers
+            pending = encoder.submit(writer.write_table, table)
+        pending.result()
 
 
 def _params(data: CanonicalData, task: str) -> dict[str, Any]:
@@ -236,7 +402,7 @@ def build(data: CanonicalData, task: str) -> FrozenProtocol:
     params = _params(data, task)
     splits = BUILDERS[task](data, params)
     info = ProtocolInfo(task, params, content_hash(splits, _header(data, task, params)))
-    return FrozenProtocol(info, **splits)
+    return FrozenProtocol(info, **{split: _frame(columns) for split, columns in splits.items()})
 
 
 def _folder(data: CanonicalData, task: str) -> Path:
@@ -244,7 +410,8 @@ def _folder(data: CanonicalData, task: str) -> Path:
     return cache_root() / "protocols" / f"{data.card.name}{'-tiny' if data.tiny else ''}-{task}-{key}"
 
 
-def _read(folder: Path) -> FrozenProtocol | None:
+def _verified_meta(folder: Path) -> dict[str, Any] | None:
+    """The stored protocol's meta.json if every split file matches its recorded sha256."""
     meta_path = folder / "meta.json"
     if not meta_path.exists():
         return None
@@ -253,9 +420,45 @@ def _read(folder: Path) -> FrozenProtocol | None:
         path = folder / f"{split}.parquet"
         if not path.exists() or sha256_file(path) != meta["files"][split]:
             return None
+    return meta
+
+
+def _read(folder: Path) -> FrozenProtocol | None:
+    meta = _verified_meta(folder)
+    if meta is None:
+        return None
     splits = {s: pd.read_parquet(folder / f"{s}.parquet") for s in SPLITS}
     info = ProtocolInfo(meta["task"], meta["params"], meta["hash"])
     return FrozenProtocol(info, **splits)
+
+
+def _build_and_store(data: CanonicalData, task: str, folder: Path) -> tuple[ProtocolInfo, dict[str, Columns]]:
+    params = _params(data, task)
+    splits = BUILDERS[task](data, params)
+    with atomic_dir(folder) as tmp, ThreadPoolExecutor(1) as hasher:
+        # the hash is computed beside the writing: sha256 and the parquet encoder release the GIL
+        digest = hasher.submit(content_hash, splits, _header(data, task, params))
+        files = {}
+        for split in SPLITS:
+            _write_parquet(splits[split], tmp / f"{split}.parquet")
+            files[split] = sha256_file(tmp / f"{split}.parquet")
+        info = ProtocolInfo(task, params, digest.result())
+        (tmp / "meta.json").write_text(json.dumps({
+            "task": task, "params": info.params, "hash": info.hash, "files": files,
+            "sizes": {s: _n_rows(splits[s]) for s in SPLITS}}, indent=1))
+    return info, splits
+
+
+def prepare(data: CanonicalData, task: str) -> tuple[ProtocolInfo, dict[str, int]]:
+    """Make sure the frozen ``task`` protocol of ``data`` is stored (built unless a verified copy is
+    cached) without making its pandas frames: the preparation step at 25M-interaction scale.
+    Returns the protocol's info and its number of samples per split."""
+    folder = _folder(data, task)
+    meta = _verified_meta(folder)
+    if meta is not None:
+        return ProtocolInfo(meta["task"], meta["params"], meta["hash"]), meta["sizes"]
+    info, splits = _build_and_store(data, task, folder)
+    return info, {split: _n_rows(columns) for split, columns in splits.items()}
 
 
 def load(data: CanonicalData, task: str) -> FrozenProtocol:
@@ -265,13 +468,5 @@ def load(data: CanonicalData, task: str) -> FrozenProtocol:
     cached = _read(folder)
     if cached is not None:
         return cached
-    protocol = build(data, task)
-    with atomic_dir(folder) as tmp:
-        files = {}
-        for split in SPLITS:
-            protocol.split(split).to_parquet(tmp / f"{split}.parquet", index=False)
-            files[split] = sha256_file(tmp / f"{split}.parquet")
-        (tmp / "meta.json").write_text(json.dumps({
-            "task": task, "params": protocol.info.params, "hash": protocol.info.hash, "files": files,
-            "sizes": {s: len(protocol.split(s)) for s in SPLITS}}, indent=1))
-    return protocol
+    info, splits = _build_and_store(data, task, folder)
+    return FrozenProtocol(info, **{split: _frame(columns) for split, columns in splits.items()})

@@ -68,10 +68,22 @@ class MethodEntry:
     def default_config(self) -> dict[str, Any]:
         if self.config_file is None or not self.config_file.exists():
             return {}
-        loaded = yaml.safe_load(self.config_file.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{self.config_file}: expected a mapping of hyperparameters")
+        return read_config_file(self.config_file)
+
+
+def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A method's YAML hyperparameters; ``include: <name>`` first reads ``<name>.yaml`` beside it, so
+    a variant is a short file that includes its base and overrides a few keys."""
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of hyperparameters")
+    base = loaded.pop("include", None)
+    if base is None:
         return loaded
+    base_path = path.parent / f"{base}.yaml"
+    if not base_path.exists() or base_path in (*seen, path):
+        raise ValueError(f"{path}: 'include: {base}' needs {base_path}, existing and not including itself back")
+    return {**read_config_file(base_path, (*seen, path)), **loaded}
 
 
 #: name -> entry for classes whose decorator has run (entry-point classes are known only this way).

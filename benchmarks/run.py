@@ -26,6 +26,7 @@ EXAMPLES = """examples:
   python -m benchmarks.run --suite full --dry-run           # print the cells without running them
   python -m benchmarks.run --suite quick --methods tallrec,sasrec --seeds 1,2,3 --llm <hf-id-or-path>
   python -m benchmarks.run --resume results/runs/quick-20261122-101500   # finish an interrupted run
+  python -m benchmarks.run --suite full --device cuda --executor ray --ray-address HEAD_IP:6379  # on a Ray cluster
 """
 
 
@@ -49,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the suite's)")
     p.add_argument("--llm", help="backbone for LLM methods: a Hugging Face id or a local path")
     p.add_argument("--quant", choices=["nf4", "none"], help="backbone quantization (default: the suite's, nf4)")
-    p.add_argument("--executor", default="local", help="how cells run: local (default)")
+    p.add_argument("--executor", default="local", help="how cells run: local (default) or ray (one Ray task per cell)")
+    p.add_argument("--ray-address", help="--executor ray: the cluster's head, HOST:PORT or auto "
+                                         "(default: $RAY_ADDRESS, else a private Ray instance on this machine)")
     p.add_argument("--out", default=str(ROOT / "results" / "runs"), help="parent folder of run folders")
     p.add_argument("--dry-run", action="store_true", help="print the cells and exit")
     p.add_argument("--resume", metavar="RUN_DIR", help="finish a run folder: skip finished cells, rerun the rest")
@@ -150,15 +153,20 @@ def _main(argv: list[str] | None) -> int:
         return 0
     if suite.needs_gpu and not suite.device.startswith("cuda"):
         raise CliError(f"suite '{suite.name}' needs a GPU: add --device cuda")
-    _check_device(suite)
-    return execute(suite, source, run_id, run_dir, todo, args.executor)
+    if args.ray_address and args.executor != "ray":
+        raise CliError("--ray-address needs --executor ray")
+    if args.executor != "ray":  # a Ray driver needs no GPU; the executor checks the cluster's
+        _check_device(suite)
+    options = {"address": args.ray_address} if args.ray_address else {}
+    return execute(suite, source, run_id, run_dir, todo, args.executor, options)
 
 
-def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: list, executor: str) -> int:
+def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: list, executor: str,
+            options: dict | None = None) -> int:
     from tqdm import tqdm
 
     from benchmarks import env
-    from benchmarks.executors import EXECUTORS
+    from benchmarks.executors import EXECUTORS, ExecutorError
     from benchmarks.report import write_reports
 
     if executor not in EXECUTORS:
@@ -177,13 +185,17 @@ def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: 
           f"{len(todo)} cells, {len(todo) - len(pending)} already finished", flush=True)
 
     progress = tqdm(total=len(pending), unit="cell", dynamic_ncols=True)
-    for record in EXECUTORS[executor](suite_file, suite, pending, run_dir, run_id):
-        records.append(records_path, record)
-        progress.set_postfix_str(f"{record['cell']} {record['status']}")
-        progress.update()
-        if record["status"] != "ok":
-            tqdm.write(f"FAILED {record['cell']}: {record['error']['type']}: "
-                       f"{record['error']['message'].splitlines()[0] if record['error']['message'] else ''}")
+    try:
+        for record in EXECUTORS[executor](suite_file, suite, pending, run_dir, run_id, **(options or {})):
+            records.append(records_path, record)
+            progress.set_postfix_str(f"{record['cell']} {record['status']}")
+            progress.update()
+            if record["status"] != "ok":
+                tqdm.write(f"FAILED {record['cell']}: {record['error']['type']}: "
+                           f"{record['error']['message'].splitlines()[0] if record['error']['message'] else ''}")
+    except ExecutorError as err:
+        progress.close()
+        raise CliError(str(err)) from None
     progress.close()
     shutil.rmtree(run_dir / "work", ignore_errors=True)
     print(write_reports(run_dir))

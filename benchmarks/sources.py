@@ -4,7 +4,8 @@ Locations in cards:
 
 * ``package:<pkg>/<sub/folder>``: a folder inside an installed package (MovieLens-100K in ``recbole``).
 * ``raw:<file>``: ``<cache>/raw/<file>``; when absent and the source has a ``url``, it is downloaded
-  (standard library, resumable into a ``.part`` file) unless ``LLMREC_BENCH_OFFLINE=1``.
+  (standard library, resumable into a ``.part`` file) unless ``LLMREC_BENCH_OFFLINE=1``. A source of
+  several files gives ``url`` as a mapping from each file name to its URL.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from benchmarks.cache import cache_root, sha256_file
 from benchmarks.cards import Card, Source
@@ -61,12 +63,16 @@ def _download(url: str, dest: Path) -> None:
     os.replace(part, dest)
 
 
+def _urls(source: Source) -> dict[str, str]:
+    """File name -> URL: ``url`` is one URL for a one-file source, or a mapping."""
+    if isinstance(source.url, Mapping):
+        return dict(source.url)
+    return {name: source.url for name in source.files} if source.url and len(source.files) == 1 else {}
+
+
 def _verify(path: Path, expected: str | None, card: Card) -> str:
     actual = sha256_file(path)
-    if expected is None:
-        warnings.warn(f"{card.name}: the source publishes no checksum for {path.name}; "
-                      f"recording sha256 {actual[:12]}… of the file read", stacklevel=3)
-    elif actual != expected:
+    if expected is not None and actual != expected:
         raise ChecksumMismatch(f"{path}: sha256 {actual} does not match {expected} from {card.path}; "
                                f"delete the file and fetch it again")
     return actual
@@ -85,17 +91,25 @@ def resolve(card: Card, allow_download: bool | None = None) -> ResolvedSource:
     for source in card.sources:
         folder = _folder(source.location)
         paths = {name: folder / name for name in source.files}
-        missing = [p for p in paths.values() if not p.exists()]
-        if missing and allow_download and source.url and len(paths) == 1:
-            try:
-                _download(source.url, missing[0])
-                missing = []
-            except OSError as err:
-                wanted.append(f"{source.url} could not be fetched ({err})")
+        urls = _urls(source)
+        missing = [name for name, path in paths.items() if not path.exists()]
+        failed: dict[str, str] = {}
+        if missing and allow_download and all(name in urls for name in missing):
+            for name in missing:
+                try:
+                    _download(urls[name], paths[name])
+                except OSError as err:
+                    failed[name] = f"; the download failed: {' '.join(str(err).split())}"
+            missing = [name for name in missing if not paths[name].exists()]
         if missing:
-            wanted.append(" and ".join(str(p) for p in missing) + (f" (from {source.url})" if source.url else ""))
+            wanted.append(" and ".join(str(paths[n]) + (f" (from {urls[n]}{failed.get(n, '')})" if n in urls else "")
+                                       for n in missing))
             continue
         sums = {name: _verify(path, source.files[name], card) for name, path in paths.items()}
+        unpinned = [f"{name} {sums[name][:12]}…" for name in paths if source.files[name] is None]
+        if unpinned:
+            warnings.warn(f"{card.name}: the source publishes no checksums; recording the sha256 of the "
+                          f"files read: {', '.join(unpinned)}", stacklevel=2)
         return ResolvedSource(source, paths, sums)
     raise SourceUnavailable(f"dataset '{card.name}': no source is present; place "
                             + "; or ".join(wanted) + f" (card: {card.path})")

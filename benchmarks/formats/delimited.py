@@ -21,7 +21,7 @@ _ONE_BYTE_SEP = "\x1f"  # stands in for a multi-character separator such as "::"
 
 
 class _Anomaly(Exception):
-    """The fast path met a malformed row; read the careful way."""
+    """The fast path met a malformed row: read the careful way."""
 
 
 def _prepared(opener: Callable[[], BinaryIO], sep: str) -> tuple[Callable[[], BinaryIO], str]:
@@ -37,8 +37,11 @@ def _prepared(opener: Callable[[], BinaryIO], sep: str) -> tuple[Callable[[], Bi
 
 def _fast(opener: Callable[[], BinaryIO], sep: str, types: Mapping[str, pa.DataType], header: bool,
           quoted: bool, encoding: str) -> pd.DataFrame:
-    def on_invalid(row) -> str:
-        raise _Anomaly(row.text)
+    invalid_rows = []
+
+    def on_invalid(row) -> str:  # pyarrow ignores exceptions raised here: note the row, skip it
+        invalid_rows.append(row.number)
+        return "skip"
 
     read = pacsv.ReadOptions(column_names=list(types), skip_rows=int(header), encoding=encoding,
                              block_size=16 << 20)
@@ -49,16 +52,16 @@ def _fast(opener: Callable[[], BinaryIO], sep: str, types: Mapping[str, pa.DataT
     try:
         with opener() as stream:
             table = pacsv.read_csv(stream, read, parse, convert)
-    except (pa.ArrowInvalid, _Anomaly) as err:
+    except pa.ArrowInvalid as err:
         raise _Anomaly(str(err)) from None
-    if any(table.column(name).null_count for name in types):
-        raise _Anomaly("empty value")
-    return table.to_pandas()
+    if invalid_rows or any(table.column(name).null_count for name in types):
+        raise _Anomaly("a row with the wrong number of fields, or an empty value")
+    return table.to_pandas(split_blocks=True, self_destruct=True)  # no second copy of the columns
 
 
 def _careful(opener: Callable[[], BinaryIO], sep: str, types: Mapping[str, pa.DataType], header: bool,
              quoted: bool, encoding: str, label: str, report: BadLines) -> pd.DataFrame:
-    n_fields, rows, lines = len(types), [], []
+    n_fields, rows, lines, bad = len(types), [], [], []
     with opener() as raw, io.TextIOWrapper(raw, encoding=encoding, newline="") as text:
         split = csv.reader(text, delimiter=sep, strict=True) if quoted else (
             line.rstrip("\r\n").split(sep) for line in text)
@@ -69,30 +72,30 @@ def _careful(opener: Callable[[], BinaryIO], sep: str, types: Mapping[str, pa.Da
             except StopIteration:
                 break
             except csv.Error as err:
-                no = split.line_num
                 report.add_lines(1)
-                report.record(label, no, f"bad quoting ({err})")
+                bad.append((split.line_num, f"bad quoting ({err})"))
                 continue
             no = split.line_num if quoted else no + 1
             if (header and no == 1) or not any(f.strip() for f in fields):
                 continue
             report.add_lines(1)
             if len(fields) != n_fields:
-                report.record(label, no, f"expected {n_fields} fields, got {len(fields)}")
+                bad.append((no, f"expected {n_fields} fields, got {len(fields)}"))
                 continue
             rows.append(fields)
             lines.append(no)
     frame = pd.DataFrame(rows, columns=list(types), dtype=object)
-    bad = pd.Series(False, index=frame.index)
+    invalid = pd.Series(False, index=frame.index)
     for name, kind in types.items():
         if pa.types.is_string(kind):
             continue  # an empty title is no error: the canonical tables give it a placeholder
         values = pd.to_numeric(frame[name], errors="coerce")
-        bad |= values.isna()
+        invalid |= values.isna()
         frame[name] = values
-    for position in bad.to_numpy().nonzero()[0]:
-        report.record(label, lines[position], "a value is empty or not a number")
-    frame = frame[~bad.to_numpy()]
+    bad += [(lines[k], "a value is empty or not a number") for k in invalid.to_numpy().nonzero()[0]]
+    for no, why in sorted(bad):
+        report.record(label, no, why)
+    frame = frame[~invalid.to_numpy()].reset_index(drop=True)
     return frame.astype({n: t.to_pandas_dtype() for n, t in types.items() if not pa.types.is_string(t)})
 
 

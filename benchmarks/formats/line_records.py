@@ -17,7 +17,7 @@ import json
 import os
 import zlib
 from collections import deque
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -115,7 +115,6 @@ def _decoded_chunks(path: Path, label: str, args: tuple, workers: int) -> Iterat
             yield decode_chunk(lines, first, *args)
         return
     pending: deque[Future] = deque()
-    pool: Executor
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for lines, first in _line_chunks(path, label):
             pending.append(pool.submit(decode_chunk, lines, first, *args))

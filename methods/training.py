@@ -1,0 +1,241 @@
+"""The training loop every LLM method shares: QLoRA on answer tokens, seeded, early-stopped on valid AUC.
+
+``add_lora`` puts peft LoRA adapters on a (4-bit) backbone (QLoRA, Dettmers et al. 2023; TALLRec's
+setting r=8, alpha=16, dropout 0.05 on ``q_proj``/``v_proj``). ``train`` is adapter-agnostic: it
+optimizes whatever parameters require grad, so a method may insert its own layers instead.
+
+Each training sequence is ``prefix_ids + suffix_ids + answer_ids`` (see :mod:`methods.prompting`);
+the loss is the cross-entropy of the answer tokens only (the prompt is masked, as with TALLRec's
+``train_on_inputs=False``), averaged over the answer tokens of an optimizer step. Micro-batches are
+drawn from length buckets (a seeded shuffle, then sorted within windows of a few micro-batches) so
+padding stays small; gradients are accumulated to ``batch_size`` samples per step.
+
+The model call is pluggable (``forward``, as in :mod:`methods.prefix_cache`), and ``extra_inputs(rows)``
+may add per-sample keyword inputs (say a user vector for per-layer gates, or item embeddings placed
+at extra token positions) that the method's ``forward`` consumes.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import numpy as np
+
+from methods.prefix_cache import ModelCall, call_model
+from methods.prompting import PromptSet
+from methods.scoring import right_padded
+
+if TYPE_CHECKING:
+    import torch
+
+ExtraInputs = Callable[[np.ndarray], Mapping[str, Any]]
+
+
+@dataclass
+class LoraSettings:
+    """peft LoRA hyperparameters (TALLRec's defaults)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class TrainSettings:
+    """Optimization hyperparameters of :func:`train` (see each method's YAML for its values)."""
+
+    learning_rate: float = 1e-4
+    epochs: int = 1             # passes over the training set (the harness' max_epochs caps it)
+    batch_size: int = 16        # samples per optimizer step
+    micro_batch_size: int = 8   # samples per forward/backward (gradient accumulation in between)
+    warmup_steps: int = 0       # linear warm-up of the learning rate, then constant
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 0         # optimizer steps between validations; 0 = at the end of each epoch
+    patience: int = 10          # validations without improvement before stopping
+
+    @classmethod
+    def from_config(cls, config: Any, max_epochs: int | None = None) -> "TrainSettings":
+        """These fields read from a method's flat ``Config`` (same names), epochs capped by ``max_epochs``."""
+        values = {f.name: getattr(config, f.name) for f in fields(cls)}
+        if max_epochs is not None:
+            values["epochs"] = min(values["epochs"], max_epochs)
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    """What happened: one entry per validation, and the step whose adapter was kept."""
+
+    history: list[dict[str, float]]
+    best_step: int
+    best_metric: float
+    steps: int
+
+
+def add_lora(model, settings: LoraSettings, gradient_checkpointing: bool = False):
+    """Freeze the backbone and wrap it with LoRA adapters; returns the ``PeftModel``."""
+    from methods.backbone import quiet_bitsandbytes
+
+    quiet_bitsandbytes()  # peft imports bitsandbytes
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=list(settings.target_modules), bias="none", task_type="CAUSAL_LM")
+    with warnings.catch_warnings():  # peft reads a transformers property deprecated in v5
+        warnings.simplefilter("ignore", FutureWarning)
+        if getattr(model, "is_loaded_in_4bit", False):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        else:
+            for param in model.parameters():
+                param.requires_grad_(False)
+        return get_peft_model(model, config)
+
+
+def micro_batches(lengths: np.ndarray, micro_batch_size: int, rng: np.random.Generator,
+                  window: int = 4) -> list[np.ndarray]:
+    """One epoch of micro-batches: shuffle, sort by length within windows of ``window`` micro-batches,
+    cut, and shuffle the order of the cuts."""
+    order = rng.permutation(len(lengths))
+    span = micro_batch_size * window
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = order[start: start + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i: i + micro_batch_size] for i in range(0, len(chunk), micro_batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def answer_loss(model, prompts: PromptSet, rows: np.ndarray, pad_id: int, forward: ModelCall,
+                extra: Mapping[str, Any]) -> tuple["torch.Tensor", int]:
+    """Summed cross-entropy of the answer tokens of ``rows`` and how many tokens it sums."""
+    import torch
+
+    device = next(p.device for p in model.parameters())
+    sequences, spans = [], []
+    for row in rows:
+        record = prompts.table[int(row)]
+        prompt = prompts.prefix_ids + record["suffix_ids"]
+        sequences.append(prompt + record["answer_ids"])
+        spans.append((len(prompt) - 1, record["answer_ids"]))  # logits at p predict token p + 1
+    ids, mask = right_padded(sequences, pad_id, device)
+    positions = torch.tensor([p + k for p, answer in spans for k in range(len(answer))], device=device)
+    targets = torch.tensor([t for _, answer in spans for t in answer], device=device)
+    owner = torch.tensor([b for b, (_, answer) in enumerate(spans) for _ in answer], device=device)
+    keep, where = torch.unique(positions, return_inverse=True)
+    logits = forward(model, input_ids=ids, attention_mask=mask, logits_to_keep=keep, **extra).logits
+    picked = logits[owner, where].float()
+    loss = torch.nn.functional.cross_entropy(picked, targets, reduction="sum")
+    return loss, len(targets)
+
+
+def _check_trainable_4bit(model) -> None:
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            raise RuntimeError("a 4-bit layer was repacked for bitsandbytes' bf16 CPU inference kernel, which "
+                               "has no gradient: load the backbone with cpu_4bit_kernel='dequant' to train it")
+
+
+def _trainable_state(model) -> dict[str, Any]:
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def train(model, prompts: PromptSet, settings: TrainSettings, *, seed: int, pad_id: int,
+          evaluate: Callable[[], float] | None = None, forward: ModelCall = call_model,
+          extra_inputs: ExtraInputs | None = None, progress: bool = True) -> TrainResult:
+    """Train the parameters of ``model`` that require grad on the labeled ``prompts``.
+
+    Args:
+        evaluate: returns the validation metric (higher is better, e.g. AUC from ``FitData.validate``);
+            called every ``eval_every`` steps or per epoch (not at all when that would be only once:
+            there is nothing to choose), the best adapter state is restored at the end, and training
+            stops after ``patience`` validations without improvement.
+        extra_inputs: per-sample keyword inputs for ``forward`` (see the module docstring).
+
+    Raises:
+        RuntimeError: a 4-bit layer cannot back-propagate (see ``backbone.use_cpu_4bit_kernel``).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    _check_trainable_4bit(model)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise RuntimeError("train(): the model has no parameter that requires grad (add adapters first)")
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    warmup = max(1, settings.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    lengths = prompts.suffix_lengths()
+    accumulate = max(1, settings.batch_size // settings.micro_batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(prompts) / settings.micro_batch_size) / accumulate)
+
+    total_steps = steps_per_epoch * settings.epochs
+    checks = settings.epochs if not settings.eval_every else math.ceil(total_steps / settings.eval_every)
+    if checks <= 1:
+        evaluate = None  # a single candidate adapter: nothing to choose, skip the validation pass
+    history: list[dict[str, float]] = []
+    best = (-math.inf, 0, _trainable_state(model))
+    stale, step = 0, 0
+    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress,
+               leave=False)
+
+    def validate() -> bool:
+        nonlocal best, stale
+        if evaluate is None:
+            return False
+        model.eval()
+        metric = float(evaluate())
+        model.train()
+        history.append({"step": step, "valid": metric})
+        bar.set_postfix(valid=f"{metric:.4f}")
+        if metric > best[0]:
+            best, stale = (metric, step, _trainable_state(model)), 0
+        elif math.isnan(metric) and best[0] == -math.inf:  # e.g. a one-class valid set: keep the latest
+            best = (best[0], step, _trainable_state(model))
+        else:
+            stale += 1
+        return stale >= settings.patience
+
+    model.train()
+    stop = False
+    for _ in range(settings.epochs):
+        batches = micro_batches(lengths, settings.micro_batch_size, rng)
+        for first in range(0, len(batches), accumulate):
+            group = batches[first: first + accumulate]
+            n_tokens = sum(len(prompts.table[int(r)]["answer_ids"]) for rows in group for r in rows)
+            total = 0.0
+            for rows in group:
+                extra = extra_inputs(rows) if extra_inputs is not None else {}
+                loss, _ = answer_loss(model, prompts, rows, pad_id, forward, extra)
+                (loss / n_tokens).backward()
+                total += loss.item() / n_tokens
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.4f}")
+            if settings.eval_every and step % settings.eval_every == 0 and validate():
+                stop = True
+                break
+        if stop:
+            break
+        if not settings.eval_every and validate():
+            break
+    if evaluate is not None and not stop and (not history or history[-1]["step"] != step):
+        validate()  # the last steps were never validated
+    bar.close()
+    model.eval()
+    if evaluate is not None and best[1] != step:
+        with torch.no_grad():
+            named = dict(model.named_parameters())
+            for name, value in best[2].items():
+                named[name].copy_(value)
+    return TrainResult(history, best[1], best[0], step)
