@@ -140,7 +140,8 @@ class RecBoleModel:
             (train_data,) = dataset.build()
         if reads_history:  # RecBole pads lists to the longest one read; DIN and Caser need the full width
             seq = train_data.inter_feat[atomic.HISTORY]
-            train_data.inter_feat[atomic.HISTORY] = torch.nn.functional.pad(seq, (0, settings.max_history - seq.shape[1]))
+            width = settings.max_history - seq.shape[1]
+            train_data.inter_feat[atomic.HISTORY] = torch.nn.functional.pad(seq, (0, width))
         # the loader first: its batch transform (BERT4Rec's masking) writes field names into the
         # config that the model reads when it is built (RecBole's own order)
         loader = TrainDataLoader(config, train_data, None, shuffle=True)

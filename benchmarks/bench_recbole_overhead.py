@@ -84,8 +84,8 @@ def run_native(name: str, proto, catalog, epochs: int, seed: int, folder: Path):
                    "metrics": ["AUC", "LogLoss"], "valid_metric": "AUC"})
     recbole_settings = {
         **settings.model_params, **evaluation,
-        "data_path": str(folder), "checkpoint_dir": str(folder / "saved"), "benchmark_filename": ["train", "valid", "test"],
-        "load_col": None, "seed": seed, "reproducibility": True, "epochs": epochs, "stopping_step": epochs + 1,
+        "data_path": str(folder), "checkpoint_dir": str(folder / "saved"),
+        "benchmark_filename": ["train", "valid", "test"], "load_col": None, "seed": seed, "reproducibility": True, "epochs": epochs, "stopping_step": epochs + 1,
         "train_batch_size": settings.train_batch_size, "eval_batch_size": settings.eval_batch_size,
         "learning_rate": settings.learning_rate, "weight_decay": settings.weight_decay,
         "train_neg_sample_args": None, "show_progress": False, "MAX_ITEM_LIST_LENGTH": settings.max_history,
@@ -131,7 +131,7 @@ def run_adapter(name: str, proto, catalog, epochs: int, seed: int, folder: Path)
 def import_everything(names: list[str]) -> None:
     """Import both sides' modules before timing, so that neither pays the first import."""
     import recbole.data  # noqa: F401
-    import recbole.trainer  # noqa: F401
+    import recbole.trainer  # noqa: F401 (imports tensorboard, the Trainer's optimizers)
     import torch
     import torch.utils.tensorboard  # noqa: F401
 

@@ -191,7 +191,7 @@ class RecLoRA:
         if self.config.item_vectors == "crm":
             return self.crm.item_embeddings().float().cpu().numpy()
         items = data.catalog.items
-        texts = [self.config.item_text.format(**data.catalog.domain, **row)
+        texts = [self.config.item_text.format(**{**row, **data.catalog.domain})  # {item} is the domain word
                  for row in items.to_dict("records")]
         return title_embeddings(self.backbone, texts, self.ctx.batch_size)
 

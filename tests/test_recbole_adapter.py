@@ -53,9 +53,16 @@ def context(tmp_path: Path, **kw) -> CellContext:
 
 
 @pytest.fixture(scope="module")
-def sasrec(tiny, tmp_path_factory) -> RecBoleNextItem:
-    method = RecBoleNextItem(settings("sasrec", SMALL_SASREC), context(tmp_path_factory.mktemp("sasrec")))
-    method.fit(fit_data(tiny, "next_item"))
+def sasrec_context(tmp_path_factory) -> CellContext:
+    return context(tmp_path_factory.mktemp("sasrec"))
+
+
+@pytest.fixture(scope="module")
+def sasrec(tiny, sasrec_context) -> RecBoleNextItem:
+    """The adapter's SASRec, trained once through ``fit_frozen_encoder`` (which calls its ``fit``)."""
+    encoder = fit_frozen_encoder("sasrec", fit_data(tiny, "next_item"), sasrec_context, overrides=SMALL_SASREC)
+    method = RecBoleNextItem(settings("sasrec", SMALL_SASREC), sasrec_context)
+    method.net = encoder.net
     return method
 
 
@@ -232,19 +239,16 @@ def test_valid_metric_of_the_wrong_task_is_refused(tiny, tmp_path):
 # ---------------------------------------------------------------------- frozen encoders (LLMs)
 
 
-def test_sasrec_encoder_reproduces_the_adapters_candidate_scores(tiny, tmp_path):
-    data = fit_data(tiny, "next_item")
-    ctx = context(tmp_path)
-    encoder = fit_frozen_encoder("sasrec", data, ctx, overrides=SMALL_SASREC)
-    assert fit_frozen_encoder("sasrec", data, ctx, overrides=SMALL_SASREC) is encoder  # memoized
+def test_sasrec_encoder_reproduces_the_adapters_candidate_scores(sasrec, sasrec_context, tiny):
+    encoder = fit_frozen_encoder("sasrec", fit_data(tiny, "next_item"), sasrec_context, overrides=SMALL_SASREC)
+    assert encoder.net is sasrec.net  # memoized: the fixture's encoder, not a second training
     samples = eval_samples(tiny, "next_item")
     users = encoder.sequence_representation(list(samples["history"]))
     items = encoder.item_embeddings()
     assert users.shape == (len(samples), 16) and items.shape == (tiny[0].catalog.n_items, 16)
     assert not users.requires_grad and not items.requires_grad
     via_encoder = np.take_along_axis((users @ items.T).numpy(), np.stack(samples["candidates"]), axis=1)
-    adapter = RecBoleNextItem(settings("sasrec", SMALL_SASREC), ctx)
-    np.testing.assert_allclose(via_encoder, adapter.candidate_scores(encoder.net, samples), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(via_encoder, sasrec.score(samples), rtol=1e-4, atol=1e-5)
 
 
 def test_din_encoder_pools_the_history_towards_each_target(tiny, tmp_path):

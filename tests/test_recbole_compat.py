@@ -5,7 +5,6 @@ The first test imports RecBole in a fresh interpreter, where import-time side ef
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import textwrap

@@ -63,16 +63,17 @@ def build(name, ctx, **overrides):
 
 @pytest.fixture(scope="module")
 def trained(cell):
-    """``trained(name)``: the method fitted once with a large rate (non-zero adapters), on a FakeCRM;
-    with what it handed the CRM and the training loop."""
+    """``trained(name, **overrides)``: the method fitted once with a large rate (non-zero adapters), on a
+    FakeCRM; with what it handed the CRM and the training loop."""
     import baselines.recbole_encoders
     import methods.training
 
     fit, _, ctx = cell
     done = {}
 
-    def get(name):
-        if name not in done:
+    def get(name, **overrides):
+        key = (name, tuple(sorted(overrides.items())))
+        if key not in done:
             crm, seen = FakeCRM(fit.catalog.n_items), {}
             original_train = methods.training.train
 
@@ -87,10 +88,10 @@ def trained(cell):
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(baselines.recbole_encoders, "fit_frozen_encoder", fake_encoder)
                 patch.setattr(methods.training, "train", spy_train)
-                method = build(name, ctx, learning_rate=5e-2)
+                method = build(name, ctx, **{"learning_rate": 5e-2, **overrides})
                 method.fit(fit)
-            done[name] = SimpleNamespace(method=method, crm=crm, seen=seen)
-        return done[name]
+            done[key] = SimpleNamespace(method=method, crm=crm, seen=seen)
+        return done[key]
 
     return get
 
@@ -250,6 +251,22 @@ def test_extra_inputs_reach_the_forward_with_the_rows_of_its_batch():
             last = model(torch.tensor([[1, 2, *suffix]])).logits[0, -1, [20, 21]].double()
             last[0] += bias[row]
             assert got[row] == pytest.approx(float(torch.softmax(last, 0)[0]), abs=1e-5)
+
+
+def test_backbone_item_vectors_are_the_untrained_backbones_pooled_item_texts(cell, trained):
+    from methods.backbone import load_backbone
+    from methods.retrieval import title_embeddings
+
+    fit, test, ctx = cell
+    method = trained("reclora", item_vectors="backbone").method
+    assert method.item_vectors.shape == (fit.catalog.n_items, method.backbone.model.config.hidden_size)
+    rows = [0, 7, fit.catalog.n_items - 1]
+    texts = [method.config.item_text.format(**{**fit.catalog.items.iloc[r].to_dict(), **fit.catalog.domain})
+             for r in rows]
+    assert fit.catalog.items.iloc[0]["title"] in texts[0]
+    expected = title_embeddings(load_backbone(ctx.llm, ctx.quant, ctx.device), texts, batch_size=2)
+    np.testing.assert_allclose(method.item_vectors[rows], expected, atol=1e-5)
+    assert ((method.score(test) > 0) & (method.score(test) < 1)).all()
 
 
 @pytest.mark.slow
