@@ -78,8 +78,12 @@ class RatedHistoryPrompts(CtrPrompts):
 @register_method("reclora-no-retrieval", tasks=("ctr",), family="llm")
 @register_method("reclora-shared", tasks=("ctr",), family="llm")
 class RecLoRA:
+    """RecLoRA as the module docstring describes; its variants differ only in their config files."""
+
     @dataclass
     class Config:
+        """Hyperparameters, each explained in ``methods/configs/reclora.yaml`` (defaults: the authors')."""
+
         prompt: str = "rella"
         cpu_4bit_kernel: str = "dequant"
         crm: str = "din"
