@@ -1,6 +1,6 @@
 """Data preparation at MovieLens-25M scale: wall time and peak memory (issue F6).
 
-    python -m benchmarks.bench_prepare_25m                   # 25,000,095 synthetic ratings (~2 min)
+    python -m benchmarks.bench_prepare_25m                   # 25,000,095 synthetic ratings
     python -m benchmarks.bench_prepare_25m --rows 1000000    # a quick look
 
 1. Writes a synthetic ``ml-25m.zip`` in the GroupLens format (``ml-25m/ratings.csv`` sorted by user
@@ -9,7 +9,8 @@
    skewed popularity. It is kept in the work folder and reused by later runs.
 2. In a fresh process, prepares it the way a run does with the ``movielens-25m`` card: parse,
    canonical tables, both protocols with the frozen candidate draw, parquet files in the cache.
-3. Prints the wall time of each stage, the peak RSS of the preparing process, and the targets
+3. Prints the wall time of each stage, the CPU time (all threads, and the main thread alone: on a
+   shared machine wall time says little), the peak RSS of the preparing process, and the targets
    (at most 90 s and 6 GB on 2 CPU cores). Exit status 1 when a target is missed.
 
     python -m benchmarks.bench_prepare_25m --literal-lines 200000
