@@ -134,7 +134,7 @@ class ILoRA:
         patience: int = 10
         valid_metric: str = "ndcg@5"
         max_new_tokens: int = 64
-        max_continuations: int = 40
+        max_answer_tokens: int = 2048
 
         def __post_init__(self):
             if self.experts < 1 or self.lora_r % self.experts:
@@ -204,7 +204,7 @@ class ILoRA:
         base = self.model.embedding.base if self.model.embedding is not None else None
         self.scorer = NextItemScorer(self.backbone, config.prompt, data.catalog, data.protocol, model=self.model,
                                      item_token_base=base, sample_inputs=self._gate_inputs, scorer=config.scorer,
-                                     max_new_tokens=config.max_new_tokens, max_continuations=config.max_continuations)
+                                     max_new_tokens=config.max_new_tokens, max_answer_tokens=config.max_answer_tokens)
         rng = np.random.default_rng([ctx.seed, int(data.protocol.hash[:8], 16)])
         train_samples = with_training_candidates(data.train, int(data.protocol.params["n_candidates"]),
                                                  data.catalog.n_items, rng)

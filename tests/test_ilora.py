@@ -136,7 +136,7 @@ def test_shared_prefix_likelihood_gives_continuations_their_own_prompts_gate(tok
     gate = torch.randn(len(prompts), REC_DIM, generator=torch.Generator().manual_seed(9))
     extra = lambda rows: {"gate_input": gate[rows]}  # noqa: E731
     got = candidate_log_likelihoods(model, prompts, answers, batch_size=2, pad_id=tok.pad_token_id,
-                                    extra_inputs=extra, max_continuations=5)
+                                    extra_inputs=extra, max_answer_tokens=30)
     expected = [[independent_log_likelihood(model, prompts.full_ids(row), answers[item], gate_input=gate[[row]])
                  for item in prompts.table[row]["candidates"]] for row in range(len(prompts))]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)

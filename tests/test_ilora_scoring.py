@@ -140,7 +140,7 @@ def likelihood_case(tok, model):
 def test_candidate_likelihoods_match_a_full_pass_per_candidate(tok, model, likelihood_case, reuse_prefix, batch_size):
     prompts, answers, expected = likelihood_case
     got = candidate_log_likelihoods(model, prompts, answers, batch_size=batch_size, pad_id=tok.pad_token_id,
-                                    reuse_prefix=reuse_prefix, max_continuations=3)
+                                    reuse_prefix=reuse_prefix, max_answer_tokens=70)
     assert got.shape == expected.shape == (3, 4)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
