@@ -200,6 +200,7 @@ class ILoRA:
         self.encoder = fit_frozen_encoder(config.encoder, data, ctx, full_train=True)
         self.backbone = load_backbone(ctx.llm, ctx.quant, ctx.device, cache=ctx.cache_dir,
                                       cpu_4bit_kernel=config.cpu_4bit_kernel)
+        torch.manual_seed(ctx.seed)  # the same initial adapters whether SASRec was trained here or memoized
         self.model = self.build_model(self.backbone.model, self.encoder.item_embeddings())
         base = self.model.embedding.base if self.model.embedding is not None else None
         self.scorer = NextItemScorer(self.backbone, config.prompt, data.catalog, data.protocol, model=self.model,

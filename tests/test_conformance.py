@@ -6,8 +6,8 @@ The methods come from ``registry.discover()`` (decorated classes in methods/ and
 Each method runs on every task it declares through the harness's own ``run_cell``, in this process,
 on the ``ci`` shape: the ci suite's dataset (tiny subset), budget and seed, and the ci suite's
 settings for the method where it lists it. A method it does not list trains on a frozen few-shot
-subset and is scored on fewer samples (``UNLISTED``), so that slow models stay fast. A spy between the harness and the method records what the method is
-handed and watches what it calls. The checks:
+subset and is scored on fewer samples (``UNLISTED``), so that slow models stay fast. A spy between
+the harness and the method records what the method is handed and watches what it calls. The checks:
 
 * scores: one row per sample; ctr probabilities in [0, 1]; next_item one finite score per candidate,
   or a whole row of NaN (an answer that matched no candidate). Checked here on the scores ``score``
@@ -19,8 +19,8 @@ handed and watches what it calls. The checks:
   ``sklearn.metrics`` except its ``pairwise`` similarities, ``torchmetrics``, ``recbole.evaluator``),
   except inside ``FitData.validate``. This watches every Python call (``sys.setprofile``), so it
   holds however the module was reached (importing one is not a call); it sees the code paths the
-  ci shape exercises, on the thread that calls ``fit`` and ``score``. Reading metric metadata (``METRICS[name].higher_is_better``)
-  calls nothing and is allowed.
+  ci shape exercises, on the thread that calls ``fit`` and ``score``. Reading metric metadata
+  (``METRICS[name].higher_is_better``) calls nothing and is allowed.
 
 Methods of the ``llm`` family that the ci suite does not list run on a tiny random Llama
 (``tests/llm_tiny.py``): the contract does not depend on the backbone, and the real SmolLM2 runs in
