@@ -60,6 +60,7 @@ class MethodEntry:
     family: str
     target: str  # "package.module:Class"
     config_file: Path | None
+    trains: bool = True  # False: fit learns nothing from the training samples (a suite's shots do not apply)
 
     def load_class(self) -> type:
         module_name, _, class_name = self.target.partition(":")
@@ -90,12 +91,13 @@ def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 _DECORATED: dict[str, MethodEntry] = {}
 
 
-def register_method(name: str, *, tasks: tuple[str, ...] | list[str], family: str):
+def register_method(name: str, *, tasks: tuple[str, ...] | list[str], family: str, trains: bool = True):
     """Class decorator that registers ``cls`` under ``name`` (stackable for named variants).
 
     The arguments must be literals: the registry reads them from the source without importing it.
     A variant (say ``reclora-shared``) is the same class registered again under another name with its
-    own ``configs/<name>.yaml``.
+    own ``configs/<name>.yaml``. ``trains=False`` marks a method that learns nothing from its training
+    samples (zero-shot): a suite's ``family_defaults`` shots are not applied to it.
     """
     bad = [t for t in tasks if t not in TASKS]
     if bad or family not in FAMILIES:
@@ -106,7 +108,7 @@ def register_method(name: str, *, tasks: tuple[str, ...] | list[str], family: st
         target = f"{cls.__module__}:{cls.__qualname__}"
         if previous is not None and previous.target != target:
             raise ValueError(f"method name '{name}' is registered twice ({previous.target} and {target})")
-        _DECORATED[name] = MethodEntry(name, tuple(tasks), family, target, None)
+        _DECORATED[name] = MethodEntry(name, tuple(tasks), family, target, None, trains)
         registered = getattr(cls, "registered_names", ())
         cls.registered_names = (*registered, name)
         return cls
@@ -135,6 +137,7 @@ def _scan_file(path: Path, package: str) -> list[MethodEntry]:
                 family=kwargs["family"],
                 target=f"{package}.{path.stem}:{node.name}",
                 config_file=path.parent / "configs" / f"{name}.yaml",
+                trains=kwargs.get("trains", True),
             ))
     return entries
 

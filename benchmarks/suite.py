@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from benchmarks.cards import canonical_hash, known_cards, load_card
-from benchmarks.registry import did_you_mean, discover
+from benchmarks.registry import FAMILIES, did_you_mean, discover
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
@@ -27,7 +27,7 @@ class SuiteError(ValueError):
 
 @dataclass(frozen=True)
 class Budget:
-    batch_size: int = 32            # training and scoring batch size
+    batch_size: int = 32            # scoring batch size; every method trains at the batch size of its own config
     max_epochs: int | None = None   # cap on every method's epochs (None: the method's own setting)
     eval_cap: int | None = None     # score at most this many test samples (a frozen subset)
     valid_cap: int | None = None    # validate on at most this many valid samples (a frozen subset)
@@ -59,6 +59,9 @@ class Suite:
     seeds: tuple[int, ...] = (1,)
     budget: Budget = Budget()
     device: str = "cpu"
+    # settings for every method of a family (conventional, llm, reference) that its own entry does not
+    # set, e.g. `llm: {shots: [64]}` so that `--methods lora-seq` trains on the suite's few-shot subset
+    family_defaults: dict[str, MethodEntry] = field(default_factory=dict)
     llm: str = ""                   # backbone id or path for LLM methods ("" = offline SmolLM2)
     quant: str = "nf4"              # nf4 | none
     needs_gpu: bool = False         # refuse to start on a machine without CUDA (dry runs are fine)
@@ -140,11 +143,38 @@ def parse(raw: dict, where: str) -> Suite:
         methods = {m: {} for m in methods}
     if not isinstance(methods, dict) or not methods:
         raise SuiteError(f"{where}.methods: expected a non-empty list or mapping")
-    raw["methods"] = {m: _build(MethodEntry, spec or {}, f"{where}.methods.{m}") for m, spec in methods.items()}
+    raw["family_defaults"] = _family_defaults(raw.get("family_defaults") or {}, f"{where}.family_defaults")
+    registered = discover()
+    raw["methods"] = {m: _build(MethodEntry, _with_family_defaults(m, spec or {}, raw["family_defaults"], registered),
+                                f"{where}.methods.{m}")
+                      for m, spec in methods.items()}
     raw["budget"] = _build(Budget, raw.get("budget") or {}, f"{where}.budget")
     suite = _build(Suite, raw, where)
     _check_names(suite, where)
     return suite
+
+
+def _family_defaults(raw: Any, where: str) -> dict[str, MethodEntry]:
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{where}: expected a mapping of family -> method settings, got {raw!r}")
+    out = {}
+    for family, spec in raw.items():
+        if family not in FAMILIES:
+            raise SuiteError(f"{where}: unknown family {family!r}; known: {sorted(FAMILIES)}")
+        out[family] = _build(MethodEntry, spec or {}, f"{where}.{family}")
+    return out
+
+
+def _with_family_defaults(name: str, spec: Any, defaults: dict[str, MethodEntry], registered: dict) -> Any:
+    """``spec`` with the keys it leaves out taken from its family's defaults; shots only for methods
+    that train (unknown names: unchanged, ``_check_names`` reports them)."""
+    entry = registered.get(name)
+    if not isinstance(spec, dict) or entry is None or entry.family not in defaults:
+        return spec
+    family = defaults[entry.family]
+    given = {f.name: getattr(family, f.name) for f in fields(MethodEntry)
+             if getattr(family, f.name) != getattr(MethodEntry(), f.name) and (entry.trains or f.name != "shots")}
+    return {**given, **spec}
 
 
 def _check_names(suite: Suite, where: str) -> None:

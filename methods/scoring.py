@@ -1,8 +1,9 @@
 """ctr scoring of prompt sets: P(yes) in one forward pass, and the authors' generate-based reference.
 
 One pass (what the methods use): P(yes) = softmax([z_yes, z_no])[0], where z are the logits of the
-first tokens of the two answers at the answer position (the last prompt token), as TALLRec's
-training-time metric reads them. No generation, no label slicing. Only the answer position's logits
+first tokens of the two answers at the answer position (the last prompt token). TALLRec's own metric
+normalizes over the whole vocabulary first and then over the two probabilities, which can rank
+samples differently (docs/methods/tallrec.md). No generation, no label slicing. Only the answer position's logits
 are computed (``logits_to_keep``), the shared instruction's keys/values are computed once
 (:mod:`methods.prefix_cache`) and samples are batched within length buckets (sorted by length, so
 each batch pads only to its own longest prompt).

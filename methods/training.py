@@ -5,8 +5,9 @@ setting r=8, alpha=16, dropout 0.05 on ``q_proj``/``v_proj``). ``train`` is adap
 optimizes whatever parameters require grad, so a method may insert its own layers instead.
 
 Each training sequence is ``prefix_ids + suffix_ids + answer_ids`` (see :mod:`methods.prompting`);
-the loss is the cross-entropy of the answer tokens only (the prompt is masked, as with TALLRec's
-``train_on_inputs=False``), averaged over the answer tokens of an optimizer step. Micro-batches are
+the loss is the cross-entropy of the answer tokens only (the prompt is masked; TALLRec's script passes
+``--train_on_inputs`` and also trains on the prompt, a deviation listed in docs/methods/tallrec.md),
+averaged over the answer tokens of an optimizer step. Micro-batches are
 drawn from length buckets (a seeded shuffle, then sorted within windows of a few micro-batches) so
 padding stays small; gradients are accumulated to ``batch_size`` samples per step.
 

@@ -26,7 +26,7 @@ from methods.scoring import CtrScorer
 SCORERS = {"ctr": CtrScorer, "next_item": NextItemScorer}
 
 
-@register_method("zeroshot-llm", tasks=("ctr", "next_item"), family="llm")
+@register_method("zeroshot-llm", tasks=("ctr", "next_item"), family="llm", trains=False)
 class ZeroShotLLM:
     @dataclass
     class Config:

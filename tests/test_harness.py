@@ -109,6 +109,8 @@ def _ci_raw() -> dict:
     (lambda r: r["methods"].update(pop={"shots": [0]}), "methods.pop.shots"),
     (lambda r: r["methods"].update(pop={"confg": {}}), "methods.pop: unknown key(s) ['confg']"),
     (lambda r: r["datasets"][0].update(protocols=["ctr", "clicks"]), "unknown protocol 'clicks'"),
+    (lambda r: r.update(family_defaults={"llms": {"shots": [8]}}), "family_defaults: unknown family 'llms'"),
+    (lambda r: r.update(family_defaults={"llm": {"shot": [8]}}), "family_defaults.llm: unknown key(s) ['shot']"),
 ])
 def test_bad_suite_files_fail_naming_the_key(mutate, fragment):
     raw = _ci_raw()
@@ -116,6 +118,19 @@ def test_bad_suite_files_fail_naming_the_key(mutate, fragment):
     with pytest.raises(suite_schema.SuiteError) as err:
         suite_schema.parse(raw, "ci.yaml")
     assert fragment in str(err.value)
+
+
+def test_family_defaults_fill_what_a_method_entry_leaves_out():
+    raw = _ci_raw()
+    raw["family_defaults"] = {"llm": {"shots": [8, 32]}}
+    raw["methods"] = {"pop": {}, "lora-seq": {}, "tallrec": {"shots": [16]}, "reclora": {"config": {"meta_loras": 2}},
+                      "zeroshot-llm": {}}
+    suite = suite_schema.parse(raw, "ci.yaml")
+    assert suite.methods["pop"].shots == ("full",)              # another family: untouched
+    assert suite.methods["lora-seq"].shots == (8, 32)           # not set: the family's
+    assert suite.methods["tallrec"].shots == (16,)              # set: its own wins
+    assert suite.methods["reclora"].shots == (8, 32) and suite.methods["reclora"].config == {"meta_loras": 2}
+    assert suite.methods["zeroshot-llm"].shots == ("full",)     # trains nothing: shots do not apply
 
 
 def test_every_shipped_suite_is_valid_and_expands():
