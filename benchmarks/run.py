@@ -24,6 +24,7 @@ EXAMPLES = """examples:
   python -m benchmarks.run --suite ci                       # tiny subsets, a few minutes on 2 CPU cores
   python -m benchmarks.run --list                           # suites, datasets and methods known
   python -m benchmarks.run --suite full --dry-run           # print the cells without running them
+  python -m benchmarks.run --methods tallrec,reclora,din --shots 16,64,256   # a few-shot curve, baselines alike
   python -m benchmarks.run --suite quick --methods tallrec,sasrec --seeds 1,2,3 --llm <hf-id-or-path>
   python -m benchmarks.run --resume results/runs/quick-20261122-101500   # finish an interrupted run
   python -m benchmarks.run --suite full --device cuda --executor ray --ray-address HEAD_IP:6379  # on a Ray cluster
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated method names (replaces the suite's list)")
     p.add_argument("--datasets", help="comma-separated dataset cards (replaces the suite's list)")
     p.add_argument("--seeds", help="comma-separated integer seeds")
+    p.add_argument("--shots", help="comma-separated few-shot sizes (ints or 'full') for every listed method that "
+                                   "trains (replaces the suite's; a few-shot curve with the baselines alike)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the suite's)")
     p.add_argument("--llm", help="backbone for LLM methods: a Hugging Face id or a local path")
     p.add_argument("--quant", choices=["nf4", "none"], help="backbone quantization (default: the suite's, nf4)")
@@ -79,10 +82,23 @@ def apply_overrides(raw: dict, args: argparse.Namespace) -> dict:
             raw["seeds"] = [int(s) for s in _csv(args.seeds)]
         except ValueError:
             raise CliError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from None
+    if args.shots:
+        shots = [s if s == "full" else _positive_int(s, "--shots") for s in _csv(args.shots)]
+        current = raw.get("methods") or {}
+        current = {m: {} for m in current} if isinstance(current, list) else current
+        registered = registry.discover()
+        raw["methods"] = {m: {**(spec or {}), "shots": shots} if m not in registered or registered[m].trains else spec
+                          for m, spec in current.items()}
     for flag in ("device", "llm", "quant"):
         if getattr(args, flag):
             raw[flag] = getattr(args, flag)
     return raw
+
+
+def _positive_int(value: str, flag: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise CliError(f"{flag}: expected comma-separated positive integers or 'full', got '{value}'")
+    return int(value)
 
 
 def list_everything() -> str:

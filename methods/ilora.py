@@ -40,7 +40,7 @@ NOTE, where this differs (details and numbers in ``docs/methods/ilora.md``):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -150,12 +150,6 @@ class ILoRA:
         def gated(self) -> bool:
             return self.experts > 1
 
-        def training(self, max_epochs: int | None) -> TrainSettings:
-            values = {f.name: getattr(self, f.name) for f in fields(TrainSettings)}
-            if max_epochs is not None:
-                values["epochs"] = min(values["epochs"], max_epochs)
-            return TrainSettings(**values)
-
     def __init__(self, config: Config, ctx: CellContext):
         self.config = config
         self.ctx = ctx
@@ -214,7 +208,7 @@ class ILoRA:
         def valid_metric() -> float:
             return data.validate(self.scorer.score(data.valid, ctx.batch_size))[config.valid_metric]
 
-        self.result = train(self.model, prompts, config.training(ctx.max_epochs), seed=ctx.seed,
+        self.result = train(self.model, prompts, TrainSettings.from_config(config, ctx.max_epochs), seed=ctx.seed,
                             pad_id=self.scorer.pad_id, evaluate=valid_metric if len(data.valid) else None,
                             extra_inputs=self._gate_inputs(train_samples))
 

@@ -21,7 +21,7 @@ NOTE, where this differs:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -56,12 +56,6 @@ class TALLRec:
         def lora(self) -> LoraSettings:
             return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, list(self.lora_target_modules))
 
-        def training(self, max_epochs: int | None) -> TrainSettings:
-            values = {f.name: getattr(self, f.name) for f in fields(TrainSettings)}
-            if max_epochs is not None:
-                values["epochs"] = min(values["epochs"], max_epochs)
-            return TrainSettings(**values)
-
     def __init__(self, config: Config, ctx: CellContext):
         self.config = config
         self.ctx = ctx
@@ -82,7 +76,7 @@ class TALLRec:
             return data.validate(scorer.score(data.valid, self.ctx.batch_size, self.ctx.cache_dir))["auc"]
 
         evaluate = valid_auc if len(data.valid) else None
-        self.result = train(self.backbone.model, examples, self.config.training(self.ctx.max_epochs),
+        self.result = train(self.backbone.model, examples, TrainSettings.from_config(self.config, self.ctx.max_epochs),
                             seed=self.ctx.seed, pad_id=scorer.pad_id, evaluate=evaluate)
         scorer.invalidate()
 

@@ -77,6 +77,7 @@ def test_rerun_gives_identical_records(ci_run, tmp_path):
     (["--methods", "popp"], "Did you mean pop"),
     (["--datasets", "movielens-10k"], "unknown dataset"),
     (["--seeds", "a,b"], "--seeds"),
+    (["--shots", "16,0"], "--shots"),
     (["--bogus"], "unrecognized arguments"),
 ])
 def test_cli_mistakes_exit_2_with_one_line(args, fragment, tmp_path):
@@ -86,6 +87,14 @@ def test_cli_mistakes_exit_2_with_one_line(args, fragment, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], proc.stderr
     assert not any(tmp_path.iterdir())  # nothing started
+
+
+def test_shots_flag_replaces_the_sizes_of_methods_that_train():
+    dry = subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite", "ci", "--methods", "tallrec,deepfm,zeroshot-llm",
+                          "--shots", "8,full", "--dry-run"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    cells = {line for line in dry.splitlines() if line.startswith("movielens-100k/")}
+    assert cells == {f"movielens-100k/ctr/{m}/seed=1/shots={s}" for m in ("tallrec", "deepfm") for s in (8, "full")} | {
+        "movielens-100k/ctr/zeroshot-llm/seed=1/shots=full", "movielens-100k/next_item/zeroshot-llm/seed=1/shots=full"}
 
 
 def test_list_and_dry_run():
