@@ -99,9 +99,9 @@ def run_cell(suite: Suite, cell: Cell, run_dir: Path, run_id: str) -> records.Ce
                           llm=suite.llm, quant=suite.quant, dataset=cell.dataset)
         seed_everything(cell.seed, entry.family)
         method = entry.load_class()(config, ctx)
-        record.n_train, record.n_eval = len(train), len(test)
+        record.n_train, record.n_eval = (len(train) if entry.trains else 0), len(test)
 
-        timed_fit(method, fit_data, suite.device, timing)
+        timed_fit(method, fit_data, suite.device, timing, trains=entry.trains)
         raw_scores = timed_score(method, without_labels(test), suite.device, budget.batch_size,
                                  budget.warmup, budget.latency_samples, timing)
         scores = metrics.check_scores(cell.task, raw_scores, len(test), n_candidates)

@@ -44,7 +44,9 @@ def write_reports(run_dir: Path) -> str:
 
     def accuracy_text(fmt: str) -> str:
         text = (f"{tables.accuracy_table(recs, fmt, intervals)}\n\n{tables.heading('paired comparisons', fmt)}"
-                f"{tables.paired_table(run_stats.paired, fmt)}\n")
+                f"{tables.paired_table(run_stats.paired, fmt)}\n\n"
+                f"{tables.heading('LLM against conventional (best of each family, any shots)', fmt)}"
+                f"{tables.llm_vs_conventional_table(run_stats.llm_vs_conventional, fmt)}\n")
         failed = tables.failures(recs, fmt)
         return text + (f"\n{failed}\n" if failed else "")
 

@@ -215,10 +215,16 @@ class PairedRow:
 
 @dataclass(frozen=True)
 class RunStatistics:
-    """Bootstrap intervals per group and metric, and paired comparisons, of one run folder."""
+    """Bootstrap intervals per group and metric, and paired comparisons, of one run folder.
+
+    ``paired``: within each (dataset, task, shots), the best method against every other.
+    ``llm_vs_conventional``: the benchmark's question, per (dataset, task): the best LLM group (any
+    shots) against the best conventional group (any shots), on the same test samples; their shots go
+    in the method names (``tallrec@64``)."""
 
     intervals: dict[tuple, dict[str, Interval]]
     paired: list[PairedRow]
+    llm_vs_conventional: list[PairedRow]
 
 
 def _badness(metric: str, value: float) -> float:
@@ -229,8 +235,9 @@ def _badness(metric: str, value: float) -> float:
 
 
 def run_statistics(run_dir: Path, groups: dict[tuple, list[dict]]) -> RunStatistics:
-    """Intervals for every group (key: dataset, task, method, shots) whose score files exist, and, in
-    each (dataset, task, shots), the best method by ``PRIMARY_METRIC`` paired against every other."""
+    """Intervals for every group (key: dataset, task, method, shots) whose score files exist; in each
+    (dataset, task, shots) the best method by ``PRIMARY_METRIC`` paired against every other; and in
+    each (dataset, task) the best LLM group paired against the best conventional one."""
     scores = {key: load_group(run_dir, rs) for key, rs in groups.items()}
     scores = {key: s for key, s in scores.items() if s is not None}
     intervals = {key: {name: bootstrap_interval(name, s.labels, s.runs) for name in REPORTED[key[1]]}
@@ -247,4 +254,26 @@ def run_statistics(run_dir: Path, groups: dict[tuple, list[dict]]) -> RunStatist
             labels, runs_a, runs_b = align(scores[best], scores[other])
             paired.append(PairedRow(dataset, task, shots, best[2], other[2],
                                     paired_bootstrap(metric, labels, runs_a, runs_b)))
-    return RunStatistics(intervals, paired)
+    return RunStatistics(intervals, paired, _llm_vs_conventional(scores, intervals, groups))
+
+
+def _llm_vs_conventional(scores: dict, intervals: dict, groups: dict[tuple, list[dict]]) -> list[PairedRow]:
+    best: dict[tuple, dict[str, tuple]] = {}
+    for key in scores:
+        family = groups[key][0].get("family")
+        if family not in ("llm", "conventional"):
+            continue
+        metric = PRIMARY_METRIC[key[1]]
+        current = best.setdefault((key[0], key[1]), {}).get(family)
+        if current is None or _badness(metric, intervals[key][metric].estimate) < \
+                _badness(metric, intervals[current][metric].estimate):
+            best[(key[0], key[1])][family] = key
+    rows = []
+    for (dataset, task), by_family in sorted(best.items()):
+        if len(by_family) < 2:
+            continue
+        llm, conventional = by_family["llm"], by_family["conventional"]
+        labels, runs_a, runs_b = align(scores[llm], scores[conventional])
+        rows.append(PairedRow(dataset, task, "best of each", f"{llm[2]}@{llm[3]}", f"{conventional[2]}@{conventional[3]}",
+                              paired_bootstrap(PRIMARY_METRIC[task], labels, runs_a, runs_b)))
+    return rows

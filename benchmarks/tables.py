@@ -231,15 +231,23 @@ def paper_style_table(records: list[dict], tablefmt: str = "github") -> str:
     return render(rows, headers, tablefmt) if rows else "(no finished cells)"
 
 
-def paired_table(comparisons: list, tablefmt: str = "github") -> str:
-    """Paired bootstrap of the best method of each (dataset, task, shots) against every other one
-    (``stats.PairedRow``): Δ = A − B on the full test set, its 95% interval, and P(A better)."""
+def paired_table(comparisons: list, tablefmt: str = "github", a_header: str = "A (best)", b_header: str = "B",
+                 empty: str = "(fewer than two methods per task: nothing to compare)") -> str:
+    """Paired bootstraps (``stats.PairedRow``): Δ = A − B on the full test set, its 95% interval, and
+    P(A better); by default the best method of each (dataset, task, shots) against every other one."""
     rows = [[c.dataset, c.task, c.shots, c.a, c.b, arrow(c.result.metric), f"{c.result.delta:+.4f}",
              f"[{c.result.low:+.4f}, {c.result.high:+.4f}]", f"{c.result.p_a_better:.3f}", c.result.n]
             for c in comparisons]
-    headers = ["dataset", "task", "shots", "A (best)", "B", "metric", "Δ = A − B", "95% CI of Δ", "P(A better)",
+    headers = ["dataset", "task", "shots", a_header, b_header, "metric", "Δ = A − B", "95% CI of Δ", "P(A better)",
                "n"]
-    return render(rows, headers, tablefmt) if rows else "(fewer than two methods per task: nothing to compare)"
+    return render(rows, headers, tablefmt) if rows else empty
+
+
+def llm_vs_conventional_table(comparisons: list, tablefmt: str = "github") -> str:
+    """The benchmark's question per (dataset, task): the best LLM method against the best conventional
+    one, whatever their shots, on the same test samples."""
+    return paired_table(comparisons, tablefmt, "A: best LLM", "B: best conventional",
+                        "(the run lacks an LLM or a conventional method on every task)")
 
 
 def published_table(comparisons: list, tablefmt: str = "github",

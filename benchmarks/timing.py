@@ -56,14 +56,17 @@ class Timing:
         return asdict(self)
 
 
-def timed_fit(method, data, device: str, timing: Timing) -> None:
+def timed_fit(method, data, device: str, timing: Timing, trains: bool = True) -> None:
+    """Wall time of ``fit``; training samples/s only for a method that learns from them (a zero-shot
+    method's fit is set-up, such as loading the backbone: its samples/s would be meaningless)."""
     synchronize(device)
     start = time.perf_counter()
     method.fit(data)
     synchronize(device)
     timing.train_seconds = time.perf_counter() - start
-    timing.train_samples = len(data.train)
-    timing.train_samples_per_s = len(data.train) / timing.train_seconds if timing.train_seconds > 0 else None
+    timing.train_samples = len(data.train) if trains else 0
+    timing.train_samples_per_s = timing.train_samples / timing.train_seconds \
+        if trains and timing.train_seconds > 0 else None
 
 
 def _score_one_by_one(method, samples: pd.DataFrame, device: str) -> list[float]:

@@ -267,6 +267,16 @@ def test_the_same_seed_gives_the_same_scores(observed, name, task, request, tmp_
 
 
 @pytest.mark.parametrize("name, task", method_cases())
+def test_training_throughput_only_for_methods_that_train(observed, name, task):
+    obs = ran_ok(observed(name, task))
+    timing = obs.record["timing"]
+    if registry.discover()[name].trains:
+        assert obs.record["n_train"] > 0 and timing["train_samples_per_s"] > 0
+    else:  # a zero-shot fit is set-up: no training samples, no samples/s
+        assert obs.record["n_train"] == 0 and timing["train_samples_per_s"] is None
+
+
+@pytest.mark.parametrize("name, task", method_cases())
 def test_no_metric_is_computed_inside_the_method(observed, name, task):
     obs = ran_ok(observed(name, task))
     assert not obs.log.metric_calls, \

@@ -157,3 +157,21 @@ def test_report_of_a_real_run_is_complete_and_self_contained(ci_run, tmp_path):
     mean = float(summary[1].split(",")[5])
     assert low <= mean <= high
     assert r"\begin{tabular}" in (run_dir / "accuracy.tex").read_text()
+
+
+def test_llm_against_conventional_pairs_the_best_of_each_family(ci_run):
+    from benchmarks import records, stats
+
+    run_dir = ci_run[0]
+    groups = tables.group_records(list(records.latest_by_cell(records.read(run_dir / "records.jsonl")).values()))
+    run = stats.run_statistics(run_dir, groups)
+    assert {(r.dataset, r.task) for r in run.llm_vs_conventional} == {("movielens-100k", "ctr"),
+                                                                      ("movielens-100k", "next_item")}
+    for row in run.llm_vs_conventional:
+        metric = stats.PRIMARY_METRIC[row.task]  # auc, hr@1: higher is better
+        keys = [k for k in run.intervals if k[:2] == (row.dataset, row.task)]
+        value = {f"{k[2]}@{k[3]}": run.intervals[k][metric].estimate for k in keys}
+        family = {f"{k[2]}@{k[3]}": groups[k][0]["family"] for k in keys}
+        assert row.a == max((n for n in value if family[n] == "llm"), key=value.get)
+        assert row.b == max((n for n in value if family[n] == "conventional"), key=value.get)  # pop, random excluded
+        assert row.result.delta == pytest.approx(value[row.a] - value[row.b])
