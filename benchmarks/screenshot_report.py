@@ -16,7 +16,13 @@ import tempfile
 from pathlib import Path
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-WINDOW = "1400,2000"
+WIDTH = 1400
+
+
+def page_height(html: str) -> int:
+    """A window height that fits the whole page (headless chromium captures the window only): room for
+    headings and notes, about 24 px per table row and 1,000 px per embedded image, at most 16,000."""
+    return min(16000, 1200 + 24 * html.count("<tr") + 1000 * html.count("<img"))
 
 
 def find_chromium(explicit: str | None = None) -> str:
@@ -33,7 +39,7 @@ def find_chromium(explicit: str | None = None) -> str:
                             "on Debian: apt-get install -y chromium")
 
 
-def chromium_command(binary: str, page: Path, png: Path, profile: Path, window: str = WINDOW) -> list[str]:
+def chromium_command(binary: str, page: Path, png: Path, profile: Path, window: str) -> list[str]:
     """The headless screenshot command line (no sandbox, GPU, network services or first-run UI)."""
     return [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -54,7 +60,8 @@ def screenshot(run_dir: Path, png: Path | None = None, binary: str | None = None
     png = (png or run_dir / "report.png").resolve()
     png.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        proc = subprocess.run(chromium_command(find_chromium(binary), page, png, Path(profile)),
+        window = f"{WIDTH},{page_height(page.read_text())}"
+        proc = subprocess.run(chromium_command(find_chromium(binary), page, png, Path(profile), window),
                               capture_output=True, text=True, timeout=timeout)
     if not png.exists() or png.stat().st_size == 0:
         raise RuntimeError(f"chromium exited {proc.returncode} without writing {png}: {proc.stderr[-1500:]}")

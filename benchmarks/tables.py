@@ -247,7 +247,7 @@ def llm_vs_conventional_table(comparisons: list, tablefmt: str = "github") -> st
     """The benchmark's question per (dataset, task): the best LLM method against the best conventional
     one, whatever their shots, on the same test samples."""
     return paired_table(comparisons, tablefmt, "A: best LLM", "B: best conventional",
-                        "(the run lacks an LLM or a conventional method on every task)")
+                        "(no task of this run has both an LLM and a conventional method)")
 
 
 def published_table(comparisons: list, tablefmt: str = "github",

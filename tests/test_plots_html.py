@@ -175,3 +175,18 @@ def test_llm_against_conventional_pairs_the_best_of_each_family(ci_run):
         assert row.a == max((n for n in value if family[n] == "llm"), key=value.get)
         assert row.b == max((n for n in value if family[n] == "conventional"), key=value.get)  # pop, random excluded
         assert row.result.delta == pytest.approx(value[row.a] - value[row.b])
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome")),
+                    reason="no chromium on this machine (Debian: apt-get install -y chromium)")
+def test_report_renders_whole_in_headless_chromium(ci_run, tmp_path):
+    from benchmarks import screenshot_report
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(ci_run[0], run_dir)
+    png = screenshot_report.screenshot(run_dir)
+    width, height = _png_size(png)
+    html = (run_dir / "report.html").read_text()
+    assert "<img" in html and "<table>" in html
+    assert (width, height) == (screenshot_report.WIDTH, screenshot_report.page_height(html))
+    assert png.stat().st_size > 100_000  # tables and a plot, not an empty or error page
