@@ -216,6 +216,12 @@ def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: 
     shutil.rmtree(run_dir / "work", ignore_errors=True)
     print(write_reports(run_dir))
     print(f"records: {records_path}")
+    latest = records.latest_by_cell(records.read(records_path))
+    failed = [c.key for c in todo if latest.get(c.key, {}).get("status") != "ok"]
+    if failed:
+        print(f"{len(failed)} of {len(todo)} cells failed (table 'failed cells' above, logs in {run_dir / 'logs'}); "
+              f"after a fix: python -m benchmarks.run --resume {run_dir}", file=sys.stderr)
+        return 1
     return 0
 
 
