@@ -71,8 +71,7 @@ def apply_overrides(raw: dict, args: argparse.Namespace) -> dict:
     """The suite's raw mapping with the command line's flags applied."""
     raw = dict(raw)
     if args.methods:
-        current = raw.get("methods") or {}
-        current = {m: {} for m in current} if isinstance(current, list) else current
+        current = _methods_mapping(raw)
         raw["methods"] = {m: current.get(m, {}) for m in _csv(args.methods)}
     if args.datasets:
         current = {(d["name"] if isinstance(d, dict) else d): d for d in raw.get("datasets", [])}
@@ -84,15 +83,19 @@ def apply_overrides(raw: dict, args: argparse.Namespace) -> dict:
             raise CliError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from None
     if args.shots:
         shots = [s if s == "full" else _positive_int(s, "--shots") for s in _csv(args.shots)]
-        current = raw.get("methods") or {}
-        current = {m: {} for m in current} if isinstance(current, list) else current
         registered = registry.discover()
         raw["methods"] = {m: {**(spec or {}), "shots": shots} if m not in registered or registered[m].trains else spec
-                          for m, spec in current.items()}
+                          for m, spec in _methods_mapping(raw).items()}
     for flag in ("device", "llm", "quant"):
         if getattr(args, flag):
             raw[flag] = getattr(args, flag)
     return raw
+
+
+def _methods_mapping(raw: dict) -> dict:
+    """A suite file's ``methods`` as a mapping (a list of names is allowed there)."""
+    current = raw.get("methods") or {}
+    return {m: {} for m in current} if isinstance(current, list) else current
 
 
 def _positive_int(value: str, flag: str) -> int:
