@@ -46,6 +46,8 @@ from benchmarks.contract import LABEL_COLUMNS
 
 METRIC_MODULES = ("benchmarks.metrics", "sklearn.metrics", "torchmetrics", "recbole.evaluator")
 NOT_METRICS = ("sklearn.metrics.pairwise",)
+#: relative tolerance on LLM scores between two runs with the same seed (see the seed check)
+LLM_SCORE_RTOL = 1e-3
 _SMALL = {"shots": 256, "budget": {"eval_cap": 16, "valid_cap": 16, "latency_samples": 1, "warmup": 1}}
 #: family -> few-shot training size and budget overrides for a method the ci suite does not list
 UNLISTED = {"reference": _SMALL, "conventional": _SMALL,
@@ -261,9 +263,11 @@ def test_the_same_seed_gives_the_same_scores(observed, name, task, request, tmp_
     else:
         again = ran_ok(observe(name, task, tmp_path)).scores
         where = "a second run in this process"
-    # LLM scores drift in the last float32 bits between runs on CPU (seen: 2.5e-4 on a next_item
-    # log-likelihood near -100, 2.5e-6 relative; cause not pinned down); everything else is bitwise
-    same = np.allclose(obs.scores, again, rtol=1e-5, atol=1e-6, equal_nan=True) \
+    # LLM scores drift between processes on CPU, rarely: a next_item log-likelihood (ci scores lie in
+    # [-26, -2.7]) moved by 2.5e-4 in one full test run and by 2.7e-4 in another; in other runs every
+    # score was bitwise equal. Another seed moves ilora's ci scores by 41% relative (median), so
+    # LLM_SCORE_RTOL still catches a seed bug; everything else is bitwise (README, "Determinism")
+    same = np.allclose(obs.scores, again, rtol=LLM_SCORE_RTOL, atol=1e-6, equal_nan=True) \
         if obs.record["family"] == "llm" and obs.scores.shape == again.shape \
         else np.array_equal(obs.scores, again, equal_nan=True)
     assert same, \
