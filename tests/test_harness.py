@@ -110,6 +110,15 @@ def test_shots_flag_replaces_the_sizes_of_methods_that_train():
         "movielens-100k/ctr/zeroshot-llm/seed=1/shots=full", "movielens-100k/next_item/zeroshot-llm/seed=1/shots=full"}
 
 
+@pytest.mark.parametrize("name", suite_schema.known_suites())
+def test_every_shipped_suite_file_loads_and_names_its_cells(name):
+    """A suite file with a typo in a method name, a key or a type fails here, not hours into a run."""
+    suite = suite_schema.load_suite(name)
+    assert suite.name == name
+    cells = suite_schema.cells(suite)
+    assert cells and {c.method for c in cells} == set(suite.methods)
+
+
 def test_list_and_dry_run():
     out = subprocess.run([sys.executable, "-m", "benchmarks.run", "--list"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
