@@ -110,15 +110,6 @@ def test_shots_flag_replaces_the_sizes_of_methods_that_train():
         "movielens-100k/ctr/zeroshot-llm/seed=1/shots=full", "movielens-100k/next_item/zeroshot-llm/seed=1/shots=full"}
 
 
-@pytest.mark.parametrize("name", suite_schema.known_suites())
-def test_every_shipped_suite_file_loads_and_names_its_cells(name):
-    """A suite file with a typo in a method name, a key or a type fails here, not hours into a run."""
-    suite = suite_schema.load_suite(name)
-    assert suite.name == name
-    cells = suite_schema.cells(suite)
-    assert cells and {c.method for c in cells} == set(suite.methods)
-
-
 def test_list_and_dry_run():
     out = subprocess.run([sys.executable, "-m", "benchmarks.run", "--list"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
@@ -165,6 +156,9 @@ def test_family_defaults_fill_what_a_method_entry_leaves_out():
 
 
 def test_every_shipped_suite_is_valid_and_expands():
+    """Every suite file loads and gives each method it lists at least one cell (a method listed on a
+    protocol it has no task for would silently run nothing)."""
     for name in suite_schema.known_suites():
         suite = suite_schema.load_suite(name)
-        assert suite_schema.cells(suite), name
+        assert suite.name == name
+        assert {c.method for c in suite_schema.cells(suite)} == set(suite.methods), name
