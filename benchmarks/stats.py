@@ -37,6 +37,13 @@ LEVEL = 0.95
 PRIMARY_METRIC = {"ctr": "auc", "next_item": "hr@1"}
 
 
+def shots_order(shots) -> tuple:
+    """Sort key for a few-shot size as records and group keys carry it (int or its string, or "full"):
+    numeric order, "full" last, so a curve reads 16, 64, 256, full rather than 16, 256, 64."""
+    text = str(shots)
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)
+
+
 def mean_std(values: list[float | None]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (ddof=1) of the non-missing values; std is None below 2 values."""
     arr = np.asarray([v for v in values if v is not None], dtype=float)
@@ -246,7 +253,7 @@ def run_statistics(run_dir: Path, groups: dict[tuple, list[dict]]) -> RunStatist
     for key in scores:
         by_setting.setdefault((key[0], key[1], key[3]), []).append(key)
     paired = []
-    for (dataset, task, shots), keys in sorted(by_setting.items()):
+    for (dataset, task, shots), keys in sorted(by_setting.items(), key=lambda kv: (*kv[0][:2], shots_order(kv[0][2]))):
         metric = PRIMARY_METRIC[task]
         ranked = sorted(keys, key=lambda k: _badness(metric, intervals[k][metric].estimate))
         best = ranked[0]

@@ -18,7 +18,7 @@ import numpy as np
 from tabulate import tabulate
 
 from benchmarks.metrics import METRICS, REPORTED
-from benchmarks.stats import Interval, mean_std
+from benchmarks.stats import Interval, mean_std, shots_order
 
 GROUP = ("dataset", "task", "method", "shots")
 
@@ -70,7 +70,7 @@ def group_records(records: list[dict]) -> dict[tuple, list[dict]]:
     for r in records:
         if r.get("status") == "ok":
             groups[tuple(str(r[k]) for k in GROUP)].append(r)
-    return dict(sorted(groups.items()))
+    return dict(sorted(groups.items(), key=lambda kv: (*kv[0][:3], shots_order(kv[0][3]))))
 
 
 def fmt(mean: float, std: float | None, digits: int = 4) -> str:
@@ -220,7 +220,7 @@ def paper_style_table(records: list[dict], tablefmt: str = "github") -> str:
         if values:
             best[column] = max(values) if METRICS[column[2]].higher_is_better else min(values)
     rows = []
-    for (method, shots), cells in sorted(rows_by_method.items()):
+    for (method, shots), cells in sorted(rows_by_method.items(), key=lambda kv: (kv[0][0], shots_order(kv[0][1]))):
         row = [method if shots == "full" else f"{method} ({shots} shots)"]
         for column in columns:
             mean, std = cells.get(column, (float("nan"), None))

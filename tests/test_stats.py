@@ -154,3 +154,10 @@ def test_align_refuses_groups_whose_labels_disagree(tmp_path):
     assert labels.tolist() == [1, 1] and runs_a[0].tolist() == [0.2, 0.3] and runs_b[0].tolist() == [0.6, 0.5]
     with pytest.raises(ValueError, match="different protocols"):
         stats.align(a, c)
+
+
+def test_a_few_shot_curve_is_grouped_in_numeric_order_full_last():
+    from benchmarks.tables import group_records
+
+    made = [{"status": "ok", "dataset": "d", "task": "ctr", "method": "m", "shots": s} for s in ("full", 256, 16, 64)]
+    assert [key[3] for key in group_records(made)] == ["16", "64", "256", "full"]
