@@ -32,6 +32,7 @@ import copy
 import functools
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -267,12 +268,24 @@ def test_the_same_seed_gives_the_same_scores(observed, name, task, request, tmp_
     # [-26, -2.7]) moved by 2.5e-4 in one full test run and by 2.7e-4 in another; in other runs every
     # score was bitwise equal. Another seed moves ilora's ci scores by 41% relative (median), so
     # LLM_SCORE_RTOL still catches a seed bug; everything else is bitwise (README, "Determinism")
-    same = np.allclose(obs.scores, again, rtol=LLM_SCORE_RTOL, atol=1e-6, equal_nan=True) \
-        if obs.record["family"] == "llm" and obs.scores.shape == again.shape \
-        else np.array_equal(obs.scores, again, equal_nan=True)
-    assert same, \
-        f"{obs.key}: scores differ from {where} with the same seed (max |diff| " \
-        f"{np.nanmax(np.abs(obs.scores - again)) if obs.scores.shape == again.shape else 'n/a: shapes differ'})"
+    bitwise = np.array_equal(obs.scores, again, equal_nan=True)
+    same = bitwise or (obs.record["family"] == "llm" and obs.scores.shape == again.shape
+                       and np.allclose(obs.scores, again, rtol=LLM_SCORE_RTOL, atol=1e-6, equal_nan=True))
+    assert same, f"{obs.key}: scores differ from {where} with the same seed: {difference(obs.scores, again)}"
+    if not bitwise:  # within tolerance, but the drift is still unexplained: leave a trace in the log
+        warnings.warn(f"{obs.key}: LLM scores drifted against {where}: {difference(obs.scores, again)}")
+
+
+def difference(a: np.ndarray, b: np.ndarray) -> str:
+    """Where and how much two score arrays differ, for a person chasing the drift."""
+    if a.shape != b.shape:
+        return f"shapes differ ({a.shape} against {b.shape})"
+    differs = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+    diff = np.where(differs, np.nan_to_num(np.abs(a - b), nan=np.inf), 0.0)  # NaN against a number: inf
+    at = np.unravel_index(np.argmax(diff), diff.shape)
+    rows = np.unique(np.nonzero(differs)[0]).size
+    return (f"{int(differs.sum())} of {a.size} scores in {rows} of {len(a)} rows; max |diff| {diff[at]:.3g} "
+            f"(relative {diff[at] / max(abs(b[at]), 1e-12):.3g}) at {tuple(int(i) for i in at)}, value {b[at]:.6g}")
 
 
 @pytest.mark.parametrize("name, task", method_cases())
