@@ -27,7 +27,7 @@ import pandas as pd
 
 from baselines import recbole_atomic_files as atomic
 from baselines import recbole_compat as compat
-from benchmarks.contract import Catalog, CellContext, ParameterCounts
+from benchmarks.contract import Catalog, CellContext, ParameterCounts, count_parameters
 
 #: RecBole's name for the dataset we write (never one RecBole ships settings for, like ``ml-100k``)
 DATASET_NAME = "llmrec"
@@ -229,6 +229,4 @@ class RecBoleModel:
         return self.train_data.join(Interaction(fields)).to(self.device)
 
     def parameter_counts(self) -> ParameterCounts:
-        params = list(self.model.parameters())
-        return ParameterCounts(trainable=sum(p.numel() for p in params if p.requires_grad),
-                               total=sum(p.numel() for p in params))
+        return count_parameters(self.model.parameters())

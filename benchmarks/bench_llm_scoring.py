@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     import torch
 
     from benchmarks import canonical, metrics, protocols
-    from benchmarks.contract import without_labels
-    from methods.backbone import count_parameters, load_backbone
+    from benchmarks.contract import count_parameters, without_labels
+    from methods.backbone import load_backbone
     from methods.scoring import CtrScorer, generate_reference, yes_probability
 
     torch.set_num_threads(args.threads) if args.threads else None
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows: list[dict] = []
     for kernel in args.kernels.split(","):
         backbone = load_backbone(args.llm, args.quant, args.device, cpu_4bit_kernel=kernel)
-        params = count_parameters(backbone.model)[1]
+        params = count_parameters(backbone.model.parameters(), digest=False).total
         scorer = CtrScorer(backbone, args.prompt, data.catalog, protocol.info)
         prompts = scorer.prompts(without_labels(samples))
         n_prefix, suffix = len(prompts.prefix_ids), prompts.suffix_lengths()

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks import canonical, metrics, protocols, records, registry
+from benchmarks import canonical, env, metrics, protocols, records, registry
 from benchmarks.cache import cache_root
 from benchmarks.cards import canonical_hash, load_card
 from benchmarks.contract import CellContext, FitData, without_labels
@@ -119,6 +119,7 @@ def run_cell(suite: Suite, cell: Cell, run_dir: Path, run_id: str) -> records.Ce
     finally:
         record_memory(suite.device, timing)
         record.timing = timing.as_dict()
+        record.host = env.process_facts()
         record.finished_at = now()
         shutil.rmtree(workdir, ignore_errors=True)
     return record

@@ -11,8 +11,8 @@ A method is any class registered with :func:`benchmarks.registry.register_method
     - task ``next_item``: shape ``[n, C]``, one score per candidate (higher = more likely). A
       generation-based method that picks one candidate returns a one-hot row (1.0 at the choice, 0.0
       elsewhere) and a row of NaN where its answer matched no candidate (counted by ValidRatio).
-* ``parameter_counts() -> ParameterCounts | None``: trainable and total parameters, or None for
-  methods without parameters.
+* ``parameter_counts() -> ParameterCounts | None``: trainable and total parameters and a digest of
+  their values (build it with :func:`count_parameters`), or None for methods without parameters.
 
 The harness times ``fit`` and ``score``; a method never times itself.
 
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -146,8 +146,45 @@ class CellContext:
 
 @dataclass(frozen=True)
 class ParameterCounts:
+    """What a fitted model holds.
+
+    Attributes:
+        trainable: parameters ``fit`` updated.
+        total: every parameter, a bitsandbytes 4-bit weight at its unpacked size.
+        sha256: digest of every parameter's bytes, in order, after ``fit``. Two runs with equal
+            digests trained to the same bits, so a score difference between them arose at scoring
+            time; different digests place it in training (see README, "Determinism").
+    """
+
     trainable: int
     total: int
+    sha256: str | None = None
+
+
+def count_parameters(parameters: Iterable, trainable: Iterable | None = None, *,
+                     digest: bool = True) -> ParameterCounts:
+    """Counts (and the digest) of ``parameters``, torch tensors listed once each.
+
+    Args:
+        parameters: everything the fitted model holds (backbone, adapters, frozen encoders).
+        trainable: the part ``fit`` updated; default: those with ``requires_grad``.
+        digest: hash the values (skip it where only the size is wanted).
+    """
+    import hashlib
+
+    import torch
+
+    params = list(parameters)
+    updated = [p for p in params if p.requires_grad] if trainable is None else list(trainable)
+    sha = hashlib.sha256() if digest else None
+    total = 0
+    for param in params:
+        state = getattr(param, "quant_state", None)  # 4-bit weights pack two values per byte
+        total += int(state.shape.numel()) if state is not None else param.numel()
+        if sha is not None:
+            sha.update(param.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return ParameterCounts(trainable=sum(p.numel() for p in updated), total=total,
+                           sha256=sha.hexdigest() if sha is not None else None)
 
 
 @runtime_checkable

@@ -54,6 +54,21 @@ def gpu() -> dict | None:
             "count": torch.cuda.device_count(), "cuda": torch.version.cuda}
 
 
+def process_facts() -> dict:
+    """What a cell's process computed with, recorded at its end (for a person chasing a drift between
+    reruns): the CPUs it may run on, the machine's 1-minute load, MKL's reproducibility mode and, if
+    the cell used torch, its intra- and inter-op threads and the CPU kernel set ATen dispatched to."""
+    import os
+
+    facts = {"cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+             "load_1m": round(os.getloadavg()[0], 2), "mkl_cbwr": os.environ.get("MKL_CBWR")}
+    torch = sys.modules.get("torch")  # a reference method never loads it; importing it here costs ~2 s
+    if torch is not None:
+        facts.update(torch_threads=torch.get_num_threads(), interop_threads=torch.get_num_interop_threads(),
+                     cpu_capability=torch.backends.cpu.get_cpu_capability())
+    return facts
+
+
 def collect(device: str) -> dict:
     import os
 

@@ -48,6 +48,7 @@ class CellRecord:
     backbone: dict | None = None    # LLM methods: {"id", "quant", "sha256"/"revision"}
     budget: dict = field(default_factory=dict)
     device: str = "cpu"
+    host: dict = field(default_factory=dict)  # the cell process's threads, CPU kernels, load: env.process_facts
     error: dict | None = None       # {"type", "message", "traceback"}
     started_at: str = ""
     finished_at: str = ""

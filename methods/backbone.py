@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cache import atomic_dir, atomic_path, cache_root, sha256_file
+from benchmarks.contract import count_parameters
 
 QUANTS = ("nf4", "none")
 CPU_4BIT_KERNELS = ("dequant", "packed-bf16")
@@ -99,18 +100,7 @@ class Backbone:
     def info(self) -> dict[str, Any]:
         """What a result record says about the backbone (id, quantization, content hash, size)."""
         return {"id": self.name, "quant": self.quant, "sha256": self.sha256,
-                "parameters": count_parameters(self.model)[1]}
-
-
-def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameters; a 4-bit weight counts its unpacked size, not its bytes."""
-    trainable = total = 0
-    for param in model.parameters():
-        state = getattr(param, "quant_state", None)
-        n = int(state.shape.numel()) if state is not None else param.numel()
-        total += n
-        trainable += n if param.requires_grad else 0
-    return trainable, total
+                "parameters": count_parameters(self.model.parameters(), digest=False).total}
 
 
 def quiet_bitsandbytes() -> None:

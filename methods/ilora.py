@@ -47,12 +47,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from benchmarks.contract import CellContext, FitData, ParameterCounts
+from benchmarks.contract import CellContext, FitData, ParameterCounts, count_parameters
 from benchmarks.metrics import METRICS
 from benchmarks.registry import register_method
 from methods.candidate_scoring import SCORERS
 from methods.hybrid_prompt import HybridEmbedding, ItemProjector
-from methods.lora_mixture import MixtureLoRA, MixtureSpec, inject_mixture, logical_numel
+from methods.lora_mixture import MixtureLoRA, MixtureSpec, inject_mixture
 from methods.training import TrainSettings
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -218,10 +218,8 @@ class ILoRA:
     def parameter_counts(self) -> ParameterCounts | None:
         """Trainable: adapters, projector and router. Total: those, the backbone (4-bit weights unpacked)
         and the frozen SASRec."""
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        total = sum(logical_numel(p) for p in self.model.parameters())
-        total += sum(p.numel() for p in self.encoder.net.model.parameters())
-        return ParameterCounts(trainable, total)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        return count_parameters([*self.model.parameters(), *self.encoder.net.model.parameters()], trainable)
 
     def backbone_info(self) -> dict:
         return self.backbone.info()

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.contract import ParameterCounts
+from benchmarks.contract import ParameterCounts, count_parameters
 
 MODES = ("products", "factors")
 FILE_FORMAT = "llmrec-bench/lora-mixture/1"
@@ -234,12 +234,6 @@ class MixtureLoRALinear(nn.Module):
         return ((n, p) for n, p in self.named_parameters() if not n.startswith("base_layer."))
 
 
-def logical_numel(param: torch.Tensor) -> int:
-    """Elements a parameter stands for: a bitsandbytes 4-bit weight packs two per byte."""
-    quant_state = getattr(param, "quant_state", None)
-    return math.prod(quant_state.shape) if quant_state is not None else param.numel()
-
-
 class MixtureLoRA:
     """The mixture injected into one model: its wrapped layers, the shared gate state, counts, files.
 
@@ -293,9 +287,7 @@ class MixtureLoRA:
 
     def parameter_counts(self) -> ParameterCounts:
         """Trainable (adapter + gates) and total parameters of the model, 4-bit weights unpacked."""
-        trainable = sum(p.numel() for p in self.parameters())
-        total = sum(logical_numel(p) for p in self.model.parameters())
-        return ParameterCounts(trainable=trainable, total=total)
+        return count_parameters(self.model.parameters(), trainable=self.parameters())
 
     def save(self, path: str | Path) -> None:
         """Write adapter and gate weights (no base weights) as safetensors, with the spec as metadata."""

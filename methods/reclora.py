@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from benchmarks.contract import CellContext, FitData, ParameterCounts
+from benchmarks.contract import CellContext, FitData, ParameterCounts, count_parameters
 from benchmarks.registry import register_method
 from methods.prompting import CtrPrompts
 from methods.retrieval import STRATEGIES
@@ -177,9 +177,10 @@ class RecLoRA:
                                forward=self.forward, extra_inputs=self.gate_inputs(conditions))
 
     def parameter_counts(self) -> ParameterCounts | None:
-        counts = self.mixture.parameter_counts()
-        crm = sum(p.numel() for p in self.crm.net.model.parameters())
-        return ParameterCounts(counts.trainable, counts.total + crm)
+        """Trainable: the meta-LoRAs and gate. Total: those, the backbone (4-bit weights unpacked) and
+        the frozen CRM."""
+        return count_parameters([*self.backbone.model.parameters(), *self.crm.net.model.parameters()],
+                                trainable=self.mixture.parameters())
 
     def backbone_info(self) -> dict:
         return self.backbone.info()

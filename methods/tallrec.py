@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from benchmarks.contract import CellContext, FitData, ParameterCounts
+from benchmarks.contract import CellContext, FitData, ParameterCounts, count_parameters
 from benchmarks.registry import register_method
-from methods.backbone import count_parameters, load_backbone
+from methods.backbone import load_backbone
 from methods.scoring import CtrScorer
 from methods.training import LoraSettings, TrainSettings, add_lora, train
 
@@ -84,8 +84,7 @@ class TALLRec:
         return self.scorer.score(samples, self.ctx.batch_size)
 
     def parameter_counts(self) -> ParameterCounts | None:
-        trainable, total = count_parameters(self.backbone.model)
-        return ParameterCounts(trainable, total)
+        return count_parameters(self.backbone.model.parameters())
 
     def backbone_info(self) -> dict:
         return self.backbone.info()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from benchmarks.contract import CellContext, FitData, ParameterCounts
+from benchmarks.contract import CellContext, FitData, ParameterCounts, count_parameters
 from benchmarks.registry import register_method
 from methods.backbone import load_backbone
 from methods.candidate_scoring import NextItemScorer
@@ -50,9 +50,7 @@ class ZeroShotLLM:
         return self.scorer.score(samples, self.ctx.batch_size)
 
     def parameter_counts(self) -> ParameterCounts | None:
-        from methods.backbone import count_parameters
-
-        return ParameterCounts(0, count_parameters(self.backbone.model)[1])
+        return count_parameters(self.backbone.model.parameters(), trainable=[])
 
     def backbone_info(self) -> dict:
         return self.backbone.info()

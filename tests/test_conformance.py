@@ -44,6 +44,7 @@ from benchmarks import records, registry
 from benchmarks import suite as suites
 from benchmarks.cell import run_cell
 from benchmarks.contract import LABEL_COLUMNS
+from tests.conftest import read_records
 
 METRIC_MODULES = ("benchmarks.metrics", "sklearn.metrics", "torchmetrics", "recbole.evaluator")
 NOT_METRICS = ("sklearn.metrics.pairwise",)
@@ -261,9 +262,11 @@ def test_the_same_seed_gives_the_same_scores(observed, name, task, request, tmp_
     if obs.listed_in_ci:
         ci_dir = request.getfixturevalue("ci_run")[0]
         again = records.load_scores(ci_dir, obs.key)["score"]
+        other = next(r for r in read_records(ci_dir) if r["cell"] == obs.key)
         where = f"the session's ci run ({ci_dir})"
     else:
-        again = ran_ok(observe(name, task, tmp_path)).scores
+        second = ran_ok(observe(name, task, tmp_path))
+        again, other = second.scores, second.record
         where = "a second run in this process"
     # Scores of trained models drift between processes on CPU, rarely and so far only against the
     # session's first ci run: a next_item log-likelihood (ilora's ci scores lie in [-26, -2.7]) moved by
@@ -275,9 +278,19 @@ def test_the_same_seed_gives_the_same_scores(observed, name, task, request, tmp_
     rtol = SCORE_RTOL.get(obs.record["family"])
     same = bitwise or (rtol is not None and obs.scores.shape == again.shape
                        and np.allclose(obs.scores, again, rtol=rtol, atol=1e-6, equal_nan=True))
-    assert same, f"{obs.key}: scores differ from {where} with the same seed: {difference(obs.scores, again)}"
+    found = f"{difference(obs.scores, again)}; {weights_compared(obs.record, other)}"
+    assert same, f"{obs.key}: scores differ from {where} with the same seed: {found}"
     if not bitwise:  # within tolerance, but the drift is still unexplained: leave a trace in the log
-        warnings.warn(f"{obs.key}: scores drifted against {where}: {difference(obs.scores, again)}")
+        warnings.warn(f"{obs.key}: scores drifted against {where}: {found}")
+
+
+def weights_compared(a: dict, b: dict) -> str:
+    """Whether two records' fitted weights are equal to the bit (``parameters.sha256``)."""
+    digests = [(r.get("parameters") or {}).get("sha256") for r in (a, b)]
+    if digests[0] is None:
+        return "no trained weights"
+    return "trained weights identical: the drift arose in scoring" if digests[0] == digests[1] \
+        else "trained weights differ: the drift arose in training"
 
 
 def difference(a: np.ndarray, b: np.ndarray) -> str:

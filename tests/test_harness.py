@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 import yaml
@@ -42,6 +43,33 @@ def test_records_carry_what_reproduces_them(ci_records):
         t = r["timing"]
         assert t["train_seconds"] >= 0 and t["latency_p50_ms"] > 0 and t["peak_memory_mb"] > 0
         assert t["latency_p95_ms"] >= t["latency_p50_ms"]
+        assert r["host"]["cpu_affinity"] >= 1 and r["host"]["load_1m"] >= 0
+        if r["family"] != "reference":  # these load torch: its threads and kernels are on record
+            assert r["host"]["torch_threads"] >= 1 and r["host"]["cpu_capability"]
+        if r["parameters"] is not None:
+            assert len(r["parameters"]["sha256"]) == 64
+
+
+def test_parameter_digest_sees_one_ulp_and_counts_what_trained():
+    """The weights digest behind ``parameters.sha256``: equal for equal weights, different after a
+    one-ulp change anywhere; ``trainable`` defaults to the parameters with ``requires_grad``."""
+    import torch
+
+    from benchmarks.contract import count_parameters
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    model[0].requires_grad_(False)
+    copy = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    copy.load_state_dict(model.state_dict())
+    counts = count_parameters(model.parameters())
+    assert (counts.trainable, counts.total) == (3 * 2 + 2, 4 * 3 + 3 + 3 * 2 + 2)
+    assert count_parameters(copy.parameters()).sha256 == counts.sha256
+    with torch.no_grad():
+        copy[0].bias[1] = torch.nextafter(copy[0].bias[1], torch.tensor(float("inf")))
+    assert count_parameters(copy.parameters()).sha256 != counts.sha256
+    assert count_parameters(model.parameters(), digest=False).sha256 is None
+    assert count_parameters(model.parameters(), trainable=[]).trainable == 0
 
 
 def test_run_folder_has_tables_and_prints_them(ci_run):
@@ -68,7 +96,7 @@ def test_rerun_gives_identical_records(ci_run, tmp_path):
     """Determinism: the same suite and seeds give the same records (everything but timing): metrics
     within ``RERUN_TOLERANCE`` for trained models, everything else equal."""
     run_suite("--suite", "ci", out=tmp_path)
-    volatile = {"timing", "started_at", "finished_at", "run_id"}
+    volatile = {"timing", "host", "started_at", "finished_at", "run_id"}
     first = {r["cell"]: {k: v for k, v in r.items() if k not in volatile} for r in read_records(ci_run[0])}
     second = {r["cell"]: {k: v for k, v in r.items() if k not in volatile}
               for r in read_records(only_run_dir(tmp_path))}
@@ -79,6 +107,10 @@ def test_rerun_gives_identical_records(ci_run, tmp_path):
             assert a["metrics"].keys() == b["metrics"].keys(), key
             for name, value in a["metrics"].items():
                 assert abs(value - b["metrics"][name]) <= RERUN_TOLERANCE, (key, name, value, b["metrics"][name])
+            weights = [(r["parameters"] or {}).pop("sha256", None) for r in (a, b)]
+            if a["metrics"] != b["metrics"] or weights[0] != weights[1]:  # within tolerance: leave a trace
+                warnings.warn(f"{key}: a rerun drifted: metrics {a['metrics']} against {b['metrics']}; trained "
+                              f"weights {'identical' if weights[0] == weights[1] else 'differ'}")
             a, b = ({k: v for k, v in r.items() if k != "metrics"} for r in (a, b))
         assert a == b, key
 

@@ -16,7 +16,7 @@ pytest.importorskip("peft")
 import torch  # noqa: E402
 
 from benchmarks import canonical, metrics, protocols, registry  # noqa: E402
-from benchmarks.contract import CellContext, FitData, ParameterCounts, without_labels  # noqa: E402
+from benchmarks.contract import CellContext, FitData, count_parameters, without_labels  # noqa: E402
 from llm_tiny import tiny_backbone_dir  # noqa: E402
 
 SHOTS = 8
@@ -285,8 +285,8 @@ def test_real_din_crm_trains_on_the_full_split_and_stays_frozen(cell):
     assert not crm.net.model.training and not any(p.requires_grad for p in crm.net.model.parameters())
     scores = method.score(test)
     assert ((scores > 0) & (scores < 1)).all()
-    from methods.backbone import count_parameters
-
-    trainable, llm_total = count_parameters(method.backbone.model)
+    llm = count_parameters(method.backbone.model.parameters())
     crm_total = sum(p.numel() for p in crm.net.model.parameters())
-    assert method.parameter_counts() == ParameterCounts(trainable, llm_total + crm_total) and crm_total > 0
+    counts = method.parameter_counts()
+    assert (counts.trainable, counts.total) == (llm.trainable, llm.total + crm_total) and crm_total > 0
+    assert counts.sha256 != llm.sha256  # the digest covers the CRM's weights too
