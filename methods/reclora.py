@@ -60,9 +60,13 @@ class RatedHistoryPrompts(CtrPrompts):
 
     The samples handed to :meth:`sample_texts` already hold only the items to show (see
     :func:`methods.retrieval.select_history`); the template's ``title`` formats one history line.
+    A template without ``{history}`` (TALLRec's, with ``{liked}`` and ``{disliked}``) shows the same
+    items split by the card's label threshold instead, as :class:`CtrPrompts` does.
     """
 
     def sample_texts(self, samples: pd.DataFrame) -> list[str]:
+        if "{history}" not in self.template.sample:
+            return super().sample_texts(samples)
         template, titles = self.template, self.catalog.titles
         texts = []
         for history, ratings, target in zip(samples["history"], samples["history_ratings"],
@@ -145,6 +149,7 @@ class RecLoRA:
         import torch
 
         from baselines.recbole_encoders import fit_frozen_encoder
+        from benchmarks.cards import load_card
         from methods.backbone import load_backbone
         from methods.lora_mixture import inject_mixture
         from methods.prompting import PromptTemplate
@@ -156,7 +161,7 @@ class RecLoRA:
                                       cpu_4bit_kernel=cfg.cpu_4bit_kernel)
         self.history_len = int(data.protocol.params["history_len"])
         self.builder = RatedHistoryPrompts(PromptTemplate.load(cfg.prompt), self.backbone.tokenizer, data.catalog,
-                                           self.history_len, liked_above=None)
+                                           self.history_len, liked_above=load_card(data.catalog.name).label_threshold)
         self.item_vectors = self._item_vectors(data) if cfg.retrieval == "relevant" else None
         torch.manual_seed(self.ctx.seed)  # adapter init independent of what the CRM's training drew
         self.mixture = inject_mixture(self.backbone.model, cfg.mixture(self.crm.dim))

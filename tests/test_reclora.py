@@ -224,6 +224,27 @@ def test_prompt_lists_the_retrieved_items_with_ratings_in_time_order_then_the_ta
     assert text.count(" stars)") == 10
 
 
+def test_tallrec_layout_shows_the_retrieved_items_as_liked_and_disliked_lists(cell, trained):
+    """``prompt: tallrec``: the same K retrieved items, split by the card's label threshold into TALLRec's
+    preference lists (no numbered lines, no stars), and the method trains and scores with it."""
+    from benchmarks.cards import load_card
+    from methods.retrieval import select_history
+
+    fit, test, _ = cell
+    run = trained("reclora", prompt="tallrec", retrieval="recent")
+    row = int(np.argmax(test["history"].str.len().to_numpy()))
+    shown = select_history(test.iloc[[row]], 10, "recent", None)
+    text = run.method.builder.sample_texts(shown)[0]
+    threshold = load_card(fit.catalog.name).label_threshold
+    titles, ratings = fit.catalog.titles(shown["history"].iloc[0]), shown["history_ratings"].iloc[0]
+    preference, unpreference = text.split("User Preference: ")[1].split("\nUser Unpreference: ")
+    assert len(titles) == 10 and "stars" not in text and 0 < sum(ratings > threshold) < 10
+    for title, rating in zip(titles, ratings):
+        assert (f'"{title}"' in preference) == (rating > threshold) != (f'"{title}"' in unpreference)
+    scores = run.method.score(test)
+    assert scores.shape == (len(test),) and ((scores > 0) & (scores < 1)).all()
+
+
 def test_extra_inputs_reach_the_forward_with_the_rows_of_its_batch():
     """yes_probability reorders rows by length; each row's extra input must stay with its own prompt."""
     from llm_tiny import tiny_llama, tiny_tokenizer
