@@ -27,6 +27,7 @@ import pandas as pd
 
 from baselines import recbole_atomic_files as atomic
 from baselines import recbole_compat as compat
+from benchmarks import step_trace
 from benchmarks.contract import Catalog, CellContext, ParameterCounts, count_parameters
 
 #: RecBole's name for the dataset we write (never one RecBole ships settings for, like ``ml-100k``)
@@ -161,12 +162,17 @@ class RecBoleModel:
                                      weight_decay=settings.weight_decay)
         sign = 1.0 if higher_is_better else -1.0
         best, best_state, since_best, trace = -np.inf, None, 0, []
+        params, step = list(self.model.parameters()), 0
+        step_trace.trace(type(self.model).__name__, step, params)
         for _ in range(epochs):
             self.model.train()
             for batch in self.loader:
                 optimizer.zero_grad()
-                self.model.calculate_loss(batch.to(self.device)).backward()
+                loss = self.model.calculate_loss(batch.to(self.device))
+                loss.backward()
                 optimizer.step()
+                step += 1
+                step_trace.trace(type(self.model).__name__, step, params, (loss,))  # .item() only if on
             self.model.eval()
             if evaluate is None:
                 continue

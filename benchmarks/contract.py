@@ -170,21 +170,26 @@ def count_parameters(parameters: Iterable, trainable: Iterable | None = None, *,
         trainable: the part ``fit`` updated; default: those with ``requires_grad``.
         digest: hash the values (skip it where only the size is wanted).
     """
-    import hashlib
-
-    import torch
-
     params = list(parameters)
     updated = [p for p in params if p.requires_grad] if trainable is None else list(trainable)
-    sha = hashlib.sha256() if digest else None
     total = 0
     for param in params:
         state = getattr(param, "quant_state", None)  # 4-bit weights pack two values per byte
         total += int(state.shape.numel()) if state is not None else param.numel()
-        if sha is not None:
-            sha.update(param.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return ParameterCounts(trainable=sum(p.numel() for p in updated), total=total,
-                           sha256=sha.hexdigest() if sha is not None else None)
+                           sha256=weights_digest(params) if digest else None)
+
+
+def weights_digest(tensors: Iterable) -> str:
+    """sha256 over the raw bytes of each tensor, in order (dtype and values, not shapes)."""
+    import hashlib
+
+    import torch
+
+    sha = hashlib.sha256()
+    for tensor in tensors:
+        sha.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return sha.hexdigest()
 
 
 @runtime_checkable

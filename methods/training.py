@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
+from benchmarks import step_trace
 from methods.prefix_cache import ModelCall, call_model
 from methods.prompting import PromptSet
 from methods.scoring import right_padded
@@ -205,22 +206,25 @@ def train(model, prompts: PromptSet, settings: TrainSettings, *, seed: int, pad_
 
     model.train()
     stop = False
+    step_trace.trace("llm", 0, params)
     for _ in range(settings.epochs):
         batches = micro_batches(lengths, settings.micro_batch_size, rng)
         for first in range(0, len(batches), accumulate):
             group = batches[first: first + accumulate]
             n_tokens = sum(len(prompts.table[int(r)]["answer_ids"]) for rows in group for r in rows)
-            total = 0.0
+            losses = []
             for rows in group:
                 extra = extra_inputs(rows) if extra_inputs is not None else {}
                 loss, _ = answer_loss(model, prompts, rows, pad_id, forward, extra)
                 (loss / n_tokens).backward()
-                total += loss.item() / n_tokens
+                losses.append(loss.item())
+            total = sum(losses) / n_tokens
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            step_trace.trace("llm", step, params, losses)
             bar.update(1)
             bar.set_postfix(loss=f"{total:.4f}")
             if settings.eval_every and step % settings.eval_every == 0 and validate():

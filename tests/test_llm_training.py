@@ -94,6 +94,29 @@ def test_seeded_runs_repeat_and_seeds_differ(tok):
     assert any(not torch.equal(states[0][k], states[2][k]) for k in states[0])
 
 
+def test_step_trace_logs_each_step_only_when_asked(tok, monkeypatch, capsys):
+    """``LLMREC_BENCH_TRACE_STEPS``: one stderr line per optimizer step (0 = before training) with the
+    micro-batch losses and the weights' digest, equal between two runs of one seed; silent when unset."""
+    from benchmarks.step_trace import ENV_VAR
+
+    _, prompts = build(tok, n=8)
+    settings = TrainSettings(learning_rate=1e-2, epochs=1, batch_size=4, micro_batch_size=2)
+    logs = []
+    for traced in (True, True, False):
+        if traced:
+            monkeypatch.setenv(ENV_VAR, "1")
+        else:
+            monkeypatch.delenv(ENV_VAR)
+        train(lora_model(tok, seed=0), prompts, settings, seed=3, pad_id=tok.pad_token_id, progress=False)
+        logs.append([line for line in capsys.readouterr().err.splitlines() if line.startswith("[step-trace]")])
+    assert logs[0] == logs[1] and logs[2] == []
+    assert [line.split()[3] for line in logs[0]] == ["0", "1", "2"]  # 8 samples, 4 per step
+    assert logs[0][0].split("losses [")[1].startswith("]")  # step 0: before training, no loss yet
+    assert len(logs[0][1].split("losses [")[1].split("]")[0].split()) == 2  # two micro-batches per step
+    digests = [line.split()[-1] for line in logs[0]]
+    assert len(set(digests)) == 3  # every step moved the adapter
+
+
 def test_gradient_accumulation_equals_one_big_batch(tok):
     _, prompts = build(tok, n=4)
     results = []
