@@ -26,7 +26,7 @@ from benchmarks.suite import SUITES_DIR
 from benchmarks.executors_ray import INSTALL_HINT, gpus_per_cell
 from tests.conftest import ROOT, only_run_dir, read_records, run_suite
 
-VOLATILE = {"timing", "started_at", "finished_at", "run_id"}
+VOLATILE = {"timing", "host", "started_at", "finished_at", "run_id"}
 
 
 def fast_methods() -> str:
