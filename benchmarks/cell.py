@@ -32,14 +32,24 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def seed_everything(seed: int, family: str) -> None:
-    """Seed Python, NumPy and (for methods with parameters) torch, CPU and CUDA."""
+def seed_everything(seed: int, family: str, device: str = "cpu") -> None:
+    """Seed Python, NumPy and (for methods with parameters) torch, CPU and CUDA.
+
+    On CPU, also torch's deterministic algorithms: otherwise ``index_put_(accumulate=True)``, the
+    backward of indexing a tensor with repeated indices, adds from several threads with atomics once
+    it has 32,768 elements, so a rerun's weights differ in the last bits whenever two threads hit one
+    element in another order (README, "Determinism"). Uninitialized memory is left as it is (the mode
+    would fill it with NaN, which only costs time). GPU runs keep torch's defaults.
+    """
     random.seed(seed)
     np.random.seed(seed)
     if family != "reference":
         import torch
 
         torch.manual_seed(seed)
+        if device == "cpu":
+            torch.use_deterministic_algorithms(True)
+            torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def frozen_subset(frame: pd.DataFrame, cap: int | None, key: str) -> pd.DataFrame:
@@ -97,7 +107,7 @@ def run_cell(suite: Suite, cell: Cell, run_dir: Path, run_id: str) -> records.Ce
         ctx = CellContext(seed=cell.seed, device=suite.device, batch_size=budget.batch_size,
                           max_epochs=budget.max_epochs, workdir=workdir, cache_dir=cache_root(),
                           llm=suite.llm, quant=suite.quant, dataset=cell.dataset)
-        seed_everything(cell.seed, entry.family)
+        seed_everything(cell.seed, entry.family, suite.device)
         method = entry.load_class()(config, ctx)
         record.n_train, record.n_eval = (len(train) if entry.trains else 0), len(test)
 
