@@ -172,7 +172,7 @@ class RecBoleModel:
                 loss.backward()
                 optimizer.step()
                 step += 1
-                step_trace.trace(type(self.model).__name__, step, params, (loss,))  # .item() only if on
+                step_trace.trace(type(self.model).__name__, step, params, (loss.detach(),))  # read only if on
             self.model.eval()
             if evaluate is None:
                 continue
