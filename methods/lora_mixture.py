@@ -285,9 +285,10 @@ class MixtureLoRA:
     def parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_parameters()]
 
-    def parameter_counts(self) -> ParameterCounts:
-        """Trainable (adapter + gates) and total parameters of the model, 4-bit weights unpacked."""
-        return count_parameters(self.model.parameters(), trainable=self.parameters())
+    def parameter_counts(self, *frozen: nn.Parameter) -> ParameterCounts:
+        """Trainable (adapter + gates) and total parameters of the model, 4-bit weights unpacked, plus
+        ``frozen`` ones the method holds beside it (RecLoRA's CRM) in the total and the digest."""
+        return count_parameters([*self.model.parameters(), *frozen], trainable=self.parameters())
 
     def save(self, path: str | Path) -> None:
         """Write adapter and gate weights (no base weights) as safetensors, with the spec as metadata."""

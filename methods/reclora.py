@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from benchmarks.contract import CellContext, FitData, ParameterCounts, count_parameters
+from benchmarks.contract import CellContext, FitData, ParameterCounts
 from benchmarks.registry import register_method
 from methods.prompting import CtrPrompts
 from methods.retrieval import STRATEGIES
@@ -184,8 +184,7 @@ class RecLoRA:
     def parameter_counts(self) -> ParameterCounts | None:
         """Trainable: the meta-LoRAs and gate. Total: those, the backbone (4-bit weights unpacked) and
         the frozen CRM."""
-        return count_parameters([*self.backbone.model.parameters(), *self.crm.net.model.parameters()],
-                                trainable=self.mixture.parameters())
+        return self.mixture.parameter_counts(*self.crm.net.model.parameters())
 
     def backbone_info(self) -> dict:
         return self.backbone.info()
