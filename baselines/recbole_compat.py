@@ -3,7 +3,8 @@
 RecBole's last release (1.2.1, 2023) predates numpy 2, pandas copy-on-write, torch 2.6 and the
 removal of ``pkg_resources``. The rest of the benchmark reaches RecBole only through this module:
 
-* :func:`prepare` restores what RecBole needs from numpy 1 and refuses pandas 3;
+* :func:`prepare` restores what RecBole needs from numpy 1, refuses pandas 3 and replaces the
+  ``eval()`` RecBole's ``Config`` runs on every string setting by :func:`literal_setting`;
 * :func:`model_class` imports a model without leaving anomaly detection on;
 * :func:`make_config` builds a ``recbole.config.Config`` without reading ``sys.argv`` and without
   changing ``CUDA_VISIBLE_DEVICES`` for the rest of the process;
@@ -17,6 +18,7 @@ removal of ``pkg_resources``. The rest of the benchmark reaches RecBole only thr
 """
 from __future__ import annotations
 
+import ast
 import os
 import sys
 import warnings
@@ -50,7 +52,24 @@ def prepare() -> None:
     for alias, target in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
         if alias not in np.__dict__:
             setattr(np, alias, target)
+    from recbole.config import Config
+
+    # Config._convert_config_dict calls eval() on every string of config_dict (and of the command
+    # line): a suite value such as "__import__('os').system(...)" would run. Literals only.
+    Config._convert_config_dict = lambda self, config_dict: {k: literal_setting(v) for k, v in config_dict.items()}
     _PREPARED = True
+
+
+def literal_setting(value: Any) -> Any:
+    """What RecBole's string conversion was meant to do, without running code: a string that spells
+    a Python literal (``"[64, 64]"``, ``"0.2"``) becomes it, ``"true"``/``"false"`` become booleans,
+    any other string stays a string (RecBole then rejects it where a number belongs)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return {"true": True, "false": False}.get(value.lower(), value)
 
 
 def model_class(name: str, where: str = "") -> type:

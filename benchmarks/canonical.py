@@ -4,15 +4,25 @@
 ``users(user, raw_id, ...)`` with dense int64 codes (0..n-1, assigned in the order of the raw ids),
 titles cleaned for prompts, and the card's filtering applied. Prepared tables are cached as parquet
 under the cache root, keyed by the card digest and the sha256 of the raw files; a cached file whose
-hash no longer matches is rebuilt.
+hash no longer matches, or a ``meta.json`` that cannot be read, is rebuilt (one warning line names
+the file).
+
+Data quality: every raw line read is counted; malformed ones (bad fields, values that are not
+numbers, non-UTF-8 text, NaN ratings, timestamps outside 1970-2099) are dropped, and they and the
+lines of a ratings file that repeat an earlier line count against the card's ``max_bad_line_ratio``.
+Rows equal in all four columns are dropped (one kept); other repeated (user, item) pairs are dropped
+by ``filtering.deduplicate`` (the earliest kept) or else kept. The counts are
+:attr:`CanonicalData.data_quality`.
 """
 from __future__ import annotations
 
 import html
 import json
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,8 +30,10 @@ import pandas as pd
 from benchmarks.cache import atomic_dir, cache_root, sha256_file
 from benchmarks.cards import Card, canonical_hash, load_card
 from benchmarks.contract import Catalog
-from benchmarks.formats import BadLines, parser
+from benchmarks.formats import BAD_KINDS, BadLines, parser, repeated_pair_count, repeated_rows, value_problems
 from benchmarks.sources import resolve
+
+_log = logging.getLogger(__name__)
 
 PLACEHOLDER_TITLE = "Unknown {item}"
 _ARTICLES = "The|A|An|La|Le|Les|L'|Il|Lo|Das|Der|Die|El|Los|Las|Det|Den"
@@ -53,6 +65,13 @@ class CanonicalData:
     users: pd.DataFrame
     source_sha256: dict[str, str]
     tiny: bool
+    #: what loading found and did, in counts: ``lines_read``; ``bad_lines`` (malformed, all dropped)
+    #: and ``bad_<kind>`` for each kind in ``benchmarks.formats.BAD_KINDS``; ``repeated_lines`` (ratings
+    #: lines repeating an earlier one; both count against the card's max_bad_line_ratio); with
+    #: ``filtering.deduplicate``: ``repeated_pairs_dropped``, else ``duplicate_rows_dropped`` (rows
+    #: equal in user, item, rating and timestamp) and ``repeated_pairs_kept`` (a (user, item) pair
+    #: again, at another time or rating); ``k_core_dropped`` with ``filtering.k_core``; ``interactions``
+    data_quality: dict[str, int] = field(default_factory=dict)
 
     @property
     def catalog(self) -> Catalog:
@@ -130,20 +149,51 @@ def _tiny_users(inter: pd.DataFrame, spec: dict) -> pd.DataFrame:
     return inter[inter["user_raw"].isin(chosen)]
 
 
+def _check_parsed(inter: pd.DataFrame, fmt: str) -> None:
+    """A parser must leave no NaN rating or impossible timestamp (it drops them as bad lines)."""
+    for mask, why, _ in value_problems(inter["rating"], inter["timestamp"]):
+        if mask.any():
+            raise ValueError(f"the '{fmt}' parser kept {int(mask.sum())} interactions where {why}: a bug in "
+                             f"benchmarks/formats (its readers must record such lines as bad)")
+
+
 def build(card: Card, tiny: bool = False) -> CanonicalData:
-    """Parse the raw files of ``card`` and build its canonical tables (no cache)."""
+    """Parse the raw files of ``card`` and build its canonical tables (no cache).
+
+    Raises:
+        ValueError: more malformed lines than the card allows (names file:line of the first ones), or
+            no interaction left after filtering (names the raw files).
+    """
     resolved = resolve(card)
     report = BadLines()
     raw = parser(resolved.source.format)(resolved.paths, resolved.source, report)
     report.check(card.max_bad_line_ratio, card.name)
+    _check_parsed(raw.interactions, resolved.source.format)
+    quality = {"lines_read": report.total, "bad_lines": report.bad,
+               **{f"bad_{kind}": report.kinds.get(kind, 0) for kind in BAD_KINDS}, "repeated_lines": report.repeats}
+    steps = [f"{report.total} lines read, {report.bad} malformed, {len(raw.interactions)} interactions parsed"]
 
     inter = _with_ids(_with_ids(raw.interactions, "user_raw"), "item_raw")
+    before = len(inter)
     if card.filtering.get("deduplicate"):
         inter = _earliest(inter)
+        quality["repeated_pairs_dropped"] = before - len(inter)
+        steps.append(f"{len(inter)} after deduplicate")
+    else:
+        repeats = repeated_rows(inter)
+        if repeats.any():
+            inter = inter[~repeats]
+        quality["duplicate_rows_dropped"] = before - len(inter)
     if card.filtering.get("k_core"):
+        before = len(inter)
         inter = k_core(inter, int(card.filtering["k_core"]))
+        quality["k_core_dropped"] = before - len(inter)
+        steps.append(f"{len(inter)} after k_core {card.filtering['k_core']}")
     if tiny:
         inter = _tiny_users(inter, card.tiny)
+    if not len(inter):
+        files = ", ".join(str(path) for path in resolved.paths.values())
+        raise ValueError(f"no interactions after filtering in {files} (dataset '{card.name}': {'; '.join(steps)})")
 
     user_index, item_index = _dense_codes(inter["user_raw"]), _dense_codes(inter["item_raw"])
     columns = {
@@ -152,6 +202,9 @@ def build(card: Card, tiny: bool = False) -> CanonicalData:
         "rating": inter["rating"].to_numpy(dtype="float32"),
         "timestamp": inter["timestamp"].to_numpy(dtype="int64"),
     }
+    if not card.filtering.get("deduplicate"):
+        quality["repeated_pairs_kept"] = repeated_pair_count(pd.DataFrame(columns, copy=False), "user", "item")
+    quality["interactions"] = len(inter)
     order = stable_order(columns["user"], columns["timestamp"], columns["item"])
     # copy=False: one block per column, no second copy of 25M rows into a 2-D block
     interactions = pd.DataFrame({name: values[order] for name, values in columns.items()}, copy=False)
@@ -172,7 +225,7 @@ def build(card: Card, tiny: bool = False) -> CanonicalData:
     user_meta = _with_ids(raw.users, "user_raw").drop_duplicates("user_raw").set_index("user_raw")
     users = user_meta.reindex(user_index).reset_index(names="raw_id").astype({"raw_id": str})
     users.insert(0, "user", np.arange(len(user_index), dtype="int64"))
-    return CanonicalData(card, interactions, items, users, resolved.sha256, tiny)
+    return CanonicalData(card, interactions, items, users, resolved.sha256, tiny, quality)
 
 
 _TABLES = ("interactions", "items", "users")
@@ -185,25 +238,61 @@ def _cache_folder(card: Card, tiny: bool) -> Path:
 
 def _same_sources(card: Card, built_from: dict[str, str]) -> bool:
     """Whether the cached tables were built from the raw files present now. Files the card pins by
-    sha256 cannot have changed; the others (sources that publish no checksum) are hashed again."""
+    sha256 cannot have changed (the recorded sums must be one source's pinned ones); the others
+    (sources that publish no checksum) are hashed again."""
     if all(sha is not None for source in card.sources for sha in source.files.values()):
-        return True
+        return any(dict(source.files) == built_from for source in card.sources)
     return resolve(card).sha256 == built_from
+
+
+def _corrupt(path: Path, why: str) -> None:
+    _log.warning("corrupt cache: %s (%s); rebuilding it", path, why)
+
+
+def _read_meta(meta_path: Path) -> dict[str, Any] | None:
+    """The tables' meta.json, or None (with one warning line) when it cannot be used."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        sums, built_from, quality = meta["sha256"], meta["source_sha256"], meta["data_quality"]
+        if not (all(isinstance(sums.get(t), str) for t in _TABLES) and isinstance(built_from, dict)
+                and all(isinstance(v, str) for v in built_from.values())
+                and all(isinstance(v, int) for v in quality.values())):
+            raise TypeError("a field has the wrong type")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        why = f"missing key {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        _corrupt(meta_path, " ".join(why.split())[:200])
+        return None
+    return meta
+
+
+def _cached(card: Card, folder: Path, tiny: bool) -> CanonicalData | None:
+    """The cached tables of ``card`` when their meta.json and files verify, else None."""
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        if folder.exists():
+            _corrupt(meta_path, "the file is missing")
+        return None
+    meta = _read_meta(meta_path)
+    if meta is None or not _same_sources(card, meta["source_sha256"]):
+        return None
+    for t in _TABLES:
+        path = folder / f"{t}.parquet"
+        if not path.exists() or sha256_file(path) != meta["sha256"][t]:
+            _corrupt(path, "missing, or its sha256 differs from meta.json")
+            return None
+    tables = {t: pd.read_parquet(folder / f"{t}.parquet") for t in _TABLES}
+    return CanonicalData(card, **tables, source_sha256=meta["source_sha256"], tiny=tiny,
+                         data_quality=dict(meta["data_quality"]))
 
 
 def load(name: str | Card, tiny: bool = False) -> CanonicalData:
     """Canonical tables of a card (its name, or a loaded :class:`Card`; the ``ci`` subset when
-    ``tiny``), from cache when valid."""
+    ``tiny``), from cache when valid, else built (see :func:`build` for what it raises) and cached."""
     card = name if isinstance(name, Card) else load_card(name)
     folder = _cache_folder(card, tiny)
-    meta_path = folder / "meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if _same_sources(card, meta["source_sha256"]) and all(
-                (folder / f"{t}.parquet").exists() and sha256_file(folder / f"{t}.parquet") == meta["sha256"][t]
-                for t in _TABLES):
-            tables = {t: pd.read_parquet(folder / f"{t}.parquet") for t in _TABLES}
-            return CanonicalData(card, **tables, source_sha256=meta["source_sha256"], tiny=tiny)
+    cached = _cached(card, folder, tiny)
+    if cached is not None:
+        return cached
     data = build(card, tiny)
     with atomic_dir(folder) as tmp:
         sums = {}
@@ -211,5 +300,6 @@ def load(name: str | Card, tiny: bool = False) -> CanonicalData:
             getattr(data, t).to_parquet(tmp / f"{t}.parquet", index=False)
             sums[t] = sha256_file(tmp / f"{t}.parquet")
         (tmp / "meta.json").write_text(json.dumps({"sha256": sums, "source_sha256": data.source_sha256,
-                                                   "statistics": data.statistics()}, indent=1))
+                                                   "statistics": data.statistics(),
+                                                   "data_quality": data.data_quality}, indent=1))
     return data

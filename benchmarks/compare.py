@@ -15,7 +15,8 @@ on the key (dataset, protocol hash, method config hash, seed, shots):
 
 Exit status: 0 no accuracy regression; 1 an accuracy regression (a metric worse beyond tolerance, or a
 cell that finished in A and failed in B), each named on a REGRESSION line; 2 nothing could be compared
-or a cell was refused (the check did not run in full), or the command line was wrong.
+or a cell was refused (the check did not run in full), an input could not be read (one line naming the
+file), or the command line was wrong (a tolerance must be a finite number >= 0).
 """
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from benchmarks import records, stats
+from benchmarks import stats
 from benchmarks.metrics import METRICS
-from benchmarks.reference import TOLERANCE
+from benchmarks.reference import TOLERANCE, InputError, Parser, is_number, read_run
 
 LATENCY_FIELDS = ("latency_p50_ms", "throughput_samples_per_s", "train_seconds", "peak_memory_mb")
 DEFAULT_LATENCY_TOL = 0.5   # relative: flag when B / A leaves [1/1.5, 1.5]
@@ -41,21 +42,32 @@ exit status: 0 no accuracy regression, 1 regression (named on REGRESSION lines),
 """
 
 
-class CompareError(Exception):
-    """A run folder that cannot be read: one line, exit 2."""
-
-
 def identity(record: dict) -> tuple:
     """What a cell is, independent of the code that ran it."""
     return (record["dataset"], record["task"], record["method"], record["seed"], str(record["shots"]))
 
 
 def load_run(run_dir: Path) -> dict[tuple, dict]:
-    """The latest record of every cell of ``run_dir`` by :func:`identity`."""
-    path = run_dir / "records.jsonl"
-    if not path.exists():
-        raise CompareError(f"{run_dir}: not a run folder (no records.jsonl)")
-    return {identity(r): r for r in records.latest_by_cell(records.read(path)).values()}
+    """The latest record of every cell of ``run_dir`` by :func:`identity`; :class:`InputError` naming the
+    file for a record :func:`benchmarks.reference.read_run` refuses or with a non-numeric latency field."""
+    cells = read_run(run_dir)
+    for key, record in cells.items():
+        timing = record.get("timing") or {}
+        bad = [f for f in LATENCY_FIELDS if timing.get(f) is not None and not is_number(timing[f])]
+        if bad:
+            raise InputError(f"{run_dir / 'records.jsonl'}: cell {key!r}: timing {', '.join(bad)} not a number")
+    return {identity(r): r for r in cells.values()}
+
+
+def tolerance(text: str) -> float:
+    """A tolerance flag's value: a finite number >= 0 (argparse reports anything else in one line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number >= 0")
+    return value
 
 
 def _changed(a: dict, b: dict) -> list[str]:
@@ -201,18 +213,18 @@ def report(out: Outcome, run_a: Path, run_b: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0],
-                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0],
+                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_a", type=Path, help="baseline run folder")
     parser.add_argument("run_b", type=Path, help="candidate run folder")
-    parser.add_argument("--metric-tol", type=float,
+    parser.add_argument("--metric-tol", type=tolerance,
                         help=f"absolute metric tolerance for every family (default per family: {TOLERANCE})")
-    parser.add_argument("--latency-tol", type=float, default=DEFAULT_LATENCY_TOL,
+    parser.add_argument("--latency-tol", type=tolerance, default=DEFAULT_LATENCY_TOL,
                         help=f"relative latency/cost tolerance, flag only (default {DEFAULT_LATENCY_TOL})")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         out = compare_runs(args.run_a, args.run_b, args.metric_tol, args.latency_tol)
-    except (CompareError, ValueError) as err:
+    except (InputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(report(out, args.run_a, args.run_b))

@@ -1,4 +1,5 @@
-"""What a run ran on: versions, device, git commit and dirty flag (written to ``env.json``)."""
+"""What a run ran on: versions, device, git commit and dirty flag, the plugin distributions that provided
+methods and the plugins skipped as broken (written to ``env.json``)."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -7,6 +8,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
+from benchmarks import registry
 from benchmarks.registry import ROOT
 
 PACKAGES = ("llmrec-bench", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "recbole",
@@ -84,4 +86,6 @@ def collect(device: str) -> dict:
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
         "packages": versions(),
+        "plugins": registry.plugins(),  # [{"name", "version"}] of every distribution whose methods loaded
+        "plugin_problems": registry.broken_plugins(),  # one line per skipped plugin entry point
     }

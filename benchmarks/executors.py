@@ -4,7 +4,8 @@
 A process per cell frees all memory (GPU included) between cells, makes the process peak RSS the
 cell's own peak, and contains crashes: a cell that dies (segfault, out-of-memory kill) or outlives
 ``budget.cell_timeout_s`` is recorded as failed, with the peak RSS the parent saw, and the suite goes
-on.
+on. The cell's process dies with this one (``PR_SET_PDEATHSIG``). Its record is finished here, where
+the test labels are read (:func:`benchmarks.evaluation.finish`).
 
 ``ray``: one Ray task per cell on a Ray cluster (:mod:`benchmarks.executors_ray`, which imports ray
 only when chosen); each task runs its cell the same way, in its own process.
@@ -20,10 +21,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import psutil
 
-from benchmarks import records
-from benchmarks.cell import now
+from benchmarks import evaluation, records
+from benchmarks.cell import bundle_path, now
 from benchmarks.suite import Cell, Suite
 
 POLL_S = 0.2
@@ -47,7 +49,8 @@ def run_in_subprocess(suite_file: Path, suite: Suite, cell: Cell, run_dir: Path,
     out.unlink(missing_ok=True)
     log = open(run_dir / "logs" / f"{records.cell_file_stem(cell.key)}.log", "wb")
     cmd = [sys.executable, "-m", "benchmarks.cell", str(suite_file), json.dumps(asdict(cell)), str(run_dir), str(out)]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent,
+                            preexec_fn=_die_with_parent)
     watched = psutil.Process(proc.pid)
     peak, start = 0.0, time.monotonic()
     try:
@@ -72,7 +75,25 @@ def run_in_subprocess(suite_file: Path, suite: Suite, cell: Cell, run_dir: Path,
         last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
         return _failed(suite, cell, run_id, "CellProcessDied",
                        f"exit code {proc.returncode}: {last}", peak or None, tail)
-    return json.loads(out.read_text())
+    record = json.loads(out.read_text())
+    bundle_file = bundle_path(out)
+    bundle = {}
+    if bundle_file.exists():
+        with np.load(bundle_file, allow_pickle=False) as data:
+            bundle = {k: data[k] for k in data.files}
+    out.unlink()
+    bundle_file.unlink(missing_ok=True)
+    tiny = next(d.tiny for d in suite.datasets if d.name == cell.dataset)
+    return evaluation.finish(record, bundle, tiny, suite.budget.eval_cap, run_dir)
+
+
+def _die_with_parent() -> None:
+    """In the cell's process, before it starts: SIGKILL it when the process that started it dies (a
+    SIGTERM or SIGKILL sent to the run alone leaves no cell running)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def run_local(suite_file: Path, suite: Suite, todo: list[Cell], run_dir: Path, run_id: str) -> Iterator[dict]:

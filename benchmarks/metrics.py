@@ -129,7 +129,9 @@ REPORTED = {
 
 
 def check_scores(task: str, scores: np.ndarray, n: int, n_candidates: int | None = None) -> np.ndarray:
-    """Validate a method's output shape and range; raises ValueError saying what is wrong."""
+    """The one rule for a method's scores, applied by the harness in every cell and by conformance:
+    ctr: shape ``[n]``, probabilities in [0, 1], no NaN; next_item: shape ``[n, C]``, each row all
+    finite, or all NaN (an answer that matched no candidate). Raises ValueError saying what is wrong."""
     scores = np.asarray(scores, dtype=np.float64)
     if task == "ctr":
         if scores.shape != (n,):
@@ -141,6 +143,10 @@ def check_scores(task: str, scores: np.ndarray, n: int, n_candidates: int | None
             raise ValueError(f"next_item scores must have shape ({n}, {n_candidates}), got {scores.shape}")
         if np.isinf(scores).any():
             raise ValueError("next_item scores must be finite (NaN marks an invalid answer)")
+        partial = np.isnan(scores).any(axis=1) & ~np.isnan(scores).all(axis=1)
+        if partial.any():
+            raise ValueError(f"next_item rows {np.flatnonzero(partial)[:10].tolist()} mix NaN and numbers: a row "
+                             "is all finite, or all NaN for an answer that matched no candidate")
     return scores
 
 

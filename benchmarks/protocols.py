@@ -16,11 +16,18 @@ the target).
 The protocol hash is the sha256 of the card digest, the source files' sha256, the parameters and
 the canonical bytes of every column of every split, so the same inputs give the same hash and any
 change to a sample changes it.
+
+A stored protocol is a folder of one parquet file per split and a ``meta.json`` (task, params, hash,
+the files' sha256, sizes, and a ``binding``: the sha256 of the header and of all of these). It is
+used only if the meta.json reads, its task and params are the card's, its binding and the files'
+sha256 match, and (when the frames are loaded) the hash re-derived from the loaded samples is the
+stored one; anything else is rebuilt, with one warning line naming the file.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +40,8 @@ from benchmarks.cache import atomic_dir, cache_root, sha256_file
 from benchmarks.canonical import CanonicalData, stable_order
 from benchmarks.cards import canonical_hash, canonical_json
 from benchmarks.contract import ProtocolInfo
+
+_log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 _LIST_COLUMNS = ("history", "history_ratings", "candidates")
@@ -410,24 +419,55 @@ def _folder(data: CanonicalData, task: str) -> Path:
     return cache_root() / "protocols" / f"{data.card.name}{'-tiny' if data.tiny else ''}-{task}-{key}"
 
 
-def _verified_meta(folder: Path) -> dict[str, Any] | None:
-    """The stored protocol's meta.json if every split file matches its recorded sha256."""
+def _binding(header: Mapping[str, Any], digest: str, files: Mapping[str, str], sizes: Mapping[str, int]) -> str:
+    """sha256 tying a stored hash to the inputs it was derived from and to the split files' sha256."""
+    return canonical_hash({"header": dict(header), "hash": digest, "files": dict(files), "sizes": dict(sizes)})
+
+
+def _corrupt(path: Path, why: str) -> None:
+    _log.warning("corrupt cache: %s (%s); rebuilding it", path, why)
+
+
+def _verified_meta(folder: Path, data: CanonicalData, task: str) -> dict[str, Any] | None:
+    """The stored protocol's meta.json if it reads, is the card's ``task`` with the card's params, its
+    binding holds and every split file matches its recorded sha256; else None (one warning line,
+    except when nothing is stored yet)."""
     meta_path = folder / "meta.json"
     if not meta_path.exists():
+        if folder.exists():
+            _corrupt(meta_path, "the file is missing")
         return None
-    meta = json.loads(meta_path.read_text())
+    params = _params(data, task)
+    try:
+        meta = json.loads(meta_path.read_text())
+        files, sizes, digest = meta["files"], meta["sizes"], meta["hash"]
+        if not (all(isinstance(files.get(s), str) for s in SPLITS) and all(isinstance(sizes.get(s), int) for s in SPLITS)
+                and isinstance(digest, str) and isinstance(meta["binding"], str)):
+            raise TypeError("a field has the wrong type")
+        if meta["task"] != task or canonical_json(meta["params"]) != canonical_json(params):
+            raise ValueError(f"task or params differ from the card's {task} protocol")
+        if meta["binding"] != _binding(_header(data, task, params), digest, files, sizes):
+            raise ValueError("the stored hash, sizes or file sums were changed after the protocol was built")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        why = f"missing key {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        _corrupt(meta_path, " ".join(why.split())[:200])
+        return None
     for split in SPLITS:
         path = folder / f"{split}.parquet"
-        if not path.exists() or sha256_file(path) != meta["files"][split]:
+        if not path.exists() or sha256_file(path) != files[split]:
+            _corrupt(path, "missing, or its sha256 differs from meta.json")
             return None
     return meta
 
 
-def _read(folder: Path) -> FrozenProtocol | None:
-    meta = _verified_meta(folder)
+def _read(folder: Path, data: CanonicalData, task: str) -> FrozenProtocol | None:
+    meta = _verified_meta(folder, data, task)
     if meta is None:
         return None
     splits = {s: pd.read_parquet(folder / f"{s}.parquet") for s in SPLITS}
+    if content_hash(splits, _header(data, task, meta["params"])) != meta["hash"]:
+        _corrupt(folder / "meta.json", "the stored hash is not the hash of the split files' samples")
+        return None
     info = ProtocolInfo(meta["task"], meta["params"], meta["hash"])
     return FrozenProtocol(info, **splits)
 
@@ -435,26 +475,29 @@ def _read(folder: Path) -> FrozenProtocol | None:
 def _build_and_store(data: CanonicalData, task: str, folder: Path) -> tuple[ProtocolInfo, dict[str, Columns]]:
     params = _params(data, task)
     splits = BUILDERS[task](data, params)
+    header = _header(data, task, params)
     with atomic_dir(folder) as tmp, ThreadPoolExecutor(1) as hasher:
         # the hash is computed beside the writing: sha256 and the parquet encoder release the GIL
-        digest = hasher.submit(content_hash, splits, _header(data, task, params))
+        digest = hasher.submit(content_hash, splits, header)
         files = {}
         for split in SPLITS:
             _write_parquet(splits[split], tmp / f"{split}.parquet")
             files[split] = sha256_file(tmp / f"{split}.parquet")
         info = ProtocolInfo(task, params, digest.result())
+        sizes = {s: _n_rows(splits[s]) for s in SPLITS}
         (tmp / "meta.json").write_text(json.dumps({
-            "task": task, "params": info.params, "hash": info.hash, "files": files,
-            "sizes": {s: _n_rows(splits[s]) for s in SPLITS}}, indent=1))
+            "task": task, "params": info.params, "hash": info.hash, "files": files, "sizes": sizes,
+            "binding": _binding(header, info.hash, files, sizes)}, indent=1))
     return info, splits
 
 
 def prepare(data: CanonicalData, task: str) -> tuple[ProtocolInfo, dict[str, int]]:
     """Make sure the frozen ``task`` protocol of ``data`` is stored (built unless a verified copy is
-    cached) without making its pandas frames: the preparation step at 25M-interaction scale.
+    cached: its meta.json binding and file sums; the samples are not re-hashed) without making its
+    pandas frames: the preparation step at 25M-interaction scale.
     Returns the protocol's info and its number of samples per split."""
     folder = _folder(data, task)
-    meta = _verified_meta(folder)
+    meta = _verified_meta(folder, data, task)
     if meta is not None:
         return ProtocolInfo(meta["task"], meta["params"], meta["hash"]), meta["sizes"]
     info, splits = _build_and_store(data, task, folder)
@@ -462,10 +505,10 @@ def prepare(data: CanonicalData, task: str) -> tuple[ProtocolInfo, dict[str, int
 
 
 def load(data: CanonicalData, task: str) -> FrozenProtocol:
-    """The frozen ``task`` protocol of ``data``: read from the cache when its files verify, else built
-    and stored. The stored hash is re-derived from the loaded bytes only when building."""
+    """The frozen ``task`` protocol of ``data``: read from the cache when its meta.json and files verify
+    and the hash re-derived from the loaded samples is the stored one, else built and stored."""
     folder = _folder(data, task)
-    cached = _read(folder)
+    cached = _read(folder, data, task)
     if cached is not None:
         return cached
     info, splits = _build_and_store(data, task, folder)

@@ -4,11 +4,13 @@ Every record says what ran (suite, dataset, protocol hash, method and its full c
 shots), what it measured (metrics, timing), and what it ran on (env summary). Per-sample scores are
 saved beside it (``scores/<cell>.npz``) for bootstrap intervals and paired comparisons.
 
-Appends are one ``write`` of one line followed by ``fsync``; a reader drops (and a writer truncates)
-a trailing partial line left by a crash, so no partial record survives.
+Appends write one line (retrying a short ``write`` until every byte is down) followed by ``fsync``;
+a reader drops (and a writer truncates) a trailing partial line left by a crash or a full disk, so
+no partial record survives, and a write that cannot finish raises.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -50,6 +52,10 @@ class CellRecord:
     device: str = "cpu"
     host: dict = field(default_factory=dict)  # the cell process's threads, CPU kernels, load: env.process_facts
     error: dict | None = None       # {"type", "message", "traceback"}
+    isolation: dict | None = None   # how the method's process was kept from label files: sandbox.confine
+    batch_check: dict | None = None  # one-by-one vs batched scores: evaluation.check_batch_invariance
+    provenance: dict | None = None  # the method's source: in-tree file + sha256, or plugin distribution
+    data_quality: dict | None = None  # what reading the raw files dropped or refused, with the policy
     started_at: str = ""
     finished_at: str = ""
 
@@ -76,11 +82,20 @@ def append(path: Path, record: CellRecord | dict) -> None:
     """Append one record as one fsync'd line. Raises on any I/O error (a lost record is a bug)."""
     _repair(path)
     line = json.dumps(record.as_dict() if isinstance(record, CellRecord) else record, sort_keys=True) + "\n"
+    data = memoryview(line.encode())
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line.encode())
+        while data:
+            written = os.write(fd, data)
+            if written == 0:
+                raise OSError(errno.ENOSPC, "no byte could be written")
+            data = data[written:]
         os.fsync(fd)
-    finally:
+    except OSError:
+        os.close(fd)
+        _repair(path)  # drop the part of the line that was written
+        raise
+    else:
         os.close(fd)
 
 

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import sys
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 
-import yaml
-
-from benchmarks import cards, records, registry
+from benchmarks import cards, estimate, records, registry, run_folder
 from benchmarks import suite as suites
+from benchmarks.cache import ENV_VAR, CacheError, cache_location, clean_cache
 from benchmarks.registry import ROOT, UnknownName
+from benchmarks.run_folder import RunFolderError
+
+DEFAULT_OUT = ROOT / "results" / "runs"
 
 EXAMPLES = """examples:
   python -m benchmarks.run                                  # the default suite "quick" (MovieLens-100K, CPU)
@@ -43,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0],
                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", default="quick", help="suite name in benchmarks/suites/ or a YAML path (default: quick)")
+    p.add_argument("--suite", help="suite name in benchmarks/suites/ or a YAML path (default: quick)")
     p.add_argument("--list", action="store_true", help="list suites, datasets and methods, then exit")
     p.add_argument("--methods", help="comma-separated method names (replaces the suite's list)")
     p.add_argument("--datasets", help="comma-separated dataset cards (replaces the suite's list)")
@@ -56,38 +59,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", help="how cells run: local (default) or ray (one Ray task per cell)")
     p.add_argument("--ray-address", help="--executor ray: the cluster's head, HOST:PORT or auto "
                                          "(default: $RAY_ADDRESS, else a private Ray instance on this machine)")
-    p.add_argument("--out", default=str(ROOT / "results" / "runs"), help="parent folder of run folders")
-    p.add_argument("--dry-run", action="store_true", help="print the cells and exit")
+    p.add_argument("--out", help="parent folder of run folders (default: results/runs)")
+    p.add_argument("--dry-run", action="store_true", help="print the cells and the estimated cost, then exit")
+    p.add_argument("--yes", action="store_true", help=f"start a run past {estimate.MAX_CELLS} cells or "
+                                                      f"{estimate.MAX_HOURS} estimated hours")
     p.add_argument("--resume", metavar="RUN_DIR", help="finish a run folder: skip finished cells, rerun the rest")
+    p.add_argument("--allow-mixed", action="store_true", help="--resume: accept records made with another "
+                                                              "method config, protocol or code version")
     p.add_argument("--clean-cache", action="store_true", help="delete the prepared-data cache, then exit")
     return p
 
 
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+def _csv(value: str, flag: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise CliError(f"{flag}: empty; give a comma-separated list (leave the flag out for the suite's own)")
+    return items
+
+
+#: flags that change what a run computes; ``--resume`` takes all of them from the run folder
+WHAT_FLAGS = ("methods", "datasets", "seeds", "shots", "device", "llm", "quant")
 
 
 def apply_overrides(raw: dict, args: argparse.Namespace) -> dict:
     """The suite's raw mapping with the command line's flags applied."""
     raw = dict(raw)
-    if args.methods:
+    if args.methods is not None:
         current = _methods_mapping(raw)
-        raw["methods"] = {m: current.get(m, {}) for m in _csv(args.methods)}
-    if args.datasets:
+        raw["methods"] = {m: current.get(m, {}) for m in _csv(args.methods, "--methods")}
+    if args.datasets is not None:
         current = {(d["name"] if isinstance(d, dict) else d): d for d in raw.get("datasets", [])}
-        raw["datasets"] = [current.get(d, {"name": d}) for d in _csv(args.datasets)]
-    if args.seeds:
+        raw["datasets"] = [current.get(d, {"name": d}) for d in _csv(args.datasets, "--datasets")]
+    if args.seeds is not None:
         try:
-            raw["seeds"] = [int(s) for s in _csv(args.seeds)]
+            raw["seeds"] = [int(s) for s in _csv(args.seeds, "--seeds")]
         except ValueError:
             raise CliError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from None
-    if args.shots:
-        shots = [s if s == "full" else _positive_int(s, "--shots") for s in _csv(args.shots)]
+    if args.shots is not None:
+        shots = [s if s == "full" else _positive_int(s, "--shots") for s in _csv(args.shots, "--shots")]
         registered = registry.discover()
         raw["methods"] = {m: {**(spec or {}), "shots": shots} if m not in registered or registered[m].trains else spec
                           for m, spec in _methods_mapping(raw).items()}
     for flag in ("device", "llm", "quant"):
-        if getattr(args, flag):
+        if getattr(args, flag) is not None:
             raw[flag] = getattr(args, flag)
     return raw
 
@@ -107,7 +121,7 @@ def _positive_int(value: str, flag: str) -> int:
 def list_everything() -> str:
     lines = ["suites:"]
     for name in suites.known_suites():
-        raw = yaml.safe_load((suites.SUITES_DIR / f"{name}.yaml").read_text())
+        raw = suites.read_suite_file(suites.SUITES_DIR / f"{name}.yaml")
         lines.append(f"  {name:<10} {raw.get('description', '')}")
     lines.append("datasets:")
     for name in cards.known_cards():
@@ -116,6 +130,10 @@ def list_everything() -> str:
     lines.append("methods:")
     for name, entry in sorted(registry.discover().items()):
         lines.append(f"  {name:<22} {entry.family:<13} tasks: {', '.join(entry.tasks)}")
+    broken = registry.broken_plugins()
+    if broken:
+        lines.append("broken plugins (skipped):")
+        lines.extend(f"  {line}" for line in broken)
     return "\n".join(lines)
 
 
@@ -128,48 +146,83 @@ def _check_device(suite: suites.Suite) -> None:
         raise CliError(f"device '{suite.device}' requested but CUDA is not available on this machine")
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, turned into what Ctrl-C raises so that both stop a run the same way."""
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted()
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         return _main(argv)
-    except (CliError, UnknownName, suites.SuiteError) as err:
+    except (CliError, UnknownName, suites.SuiteError, RunFolderError, CacheError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted before any cell ran; nothing was kept", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _suite_path(name_or_path: str) -> Path:
+    """The file ``--suite`` names: a path to a YAML file, or a name in benchmarks/suites/."""
+    try:
+        path = Path(name_or_path)
+        if path.is_dir():
+            raise CliError(f"--suite {name_or_path}: a folder; give a suite name or a YAML file")
+        if path.is_file():
+            return path
+        path = suites.SUITES_DIR / f"{name_or_path}.yaml"
+        if path.is_file():
+            return path
+    except OSError as err:  # e.g. a name longer than the file system allows
+        raise CliError(f"--suite: cannot use {name_or_path[:80]!r} ({err.strerror})") from None
+    raise CliError(str(registry.did_you_mean("suite", name_or_path, suites.known_suites())))
 
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ[ENV_VAR] = str(cache_location())  # resolved once, here: cells inherit the absolute path
     if args.list:
         print(list_everything())
         return 0
     if args.clean_cache:
-        from benchmarks.cache import clean_cache
-
         print(f"cleaned {clean_cache()}")
         return 0
 
     if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "suite.json").exists():
-            raise CliError(f"--resume {run_dir}: not a run folder (no suite.json)")
-        saved = json.loads((run_dir / "suite.json").read_text())
+        given = [f"--{flag}" for flag in (*WHAT_FLAGS, "suite", "out") if getattr(args, flag) is not None]
+        if given:
+            raise CliError(f"--resume takes the run's own suite and folder; {', '.join(given)} cannot change "
+                           "them (start a new run instead)")
+        run_dir = Path(os.path.abspath(args.resume))
+        saved = run_folder.read_suite_file(run_dir)
         suite, source, run_id = suites.parse(saved["suite"], saved["source"]), saved["source"], saved["run_id"]
     else:
-        path = Path(args.suite)
-        if not path.exists():
-            path = suites.SUITES_DIR / f"{args.suite}.yaml"
-            if not path.exists():
-                raise CliError(str(registry.did_you_mean("suite", args.suite, suites.known_suites())))
-        raw = apply_overrides(yaml.safe_load(path.read_text()), args)
-        suite, source = suites.parse(raw, str(path)), str(path)
-        run_id = f"{suite.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(args.out) / run_id
+        path = _suite_path(args.suite or "quick")
+        raw = apply_overrides(suites.read_suite_file(path), args)
+        suite, source, saved = suites.parse(raw, str(path)), str(path), None
+        run_id = run_folder.new_run_id(suite.name)
+        run_dir = run_folder.check_out_dir(Path(args.out or DEFAULT_OUT)) / run_id
 
     todo = suites.cells(suite)
+    configs = suites.resolve_configs(suite)
+    print(estimate.describe(todo, suite), flush=True)
     if args.dry_run:
         for cell in todo:
             print(cell.key)
         print(f"{len(todo)} cells")
         return 0
+    if not todo:
+        raise CliError(f"suite '{suite.name}' has no cell to run (no listed method runs on a listed protocol)")
+    if estimate.needs_confirmation(todo, suite) and not args.yes:
+        raise CliError(f"{len(todo)} cells is past what a run starts without asking "
+                       f"({estimate.MAX_CELLS} cells or {estimate.MAX_HOURS} estimated hours); "
+                       "check --dry-run, then pass --yes")
     if suite.needs_gpu and not suite.device.startswith("cuda"):
         raise CliError(f"suite '{suite.name}' needs a GPU: add --device cuda")
     if args.ray_address and args.executor != "ray":
@@ -177,11 +230,34 @@ def _main(argv: list[str] | None) -> int:
     if args.executor != "ray":  # a Ray driver needs no GPU; the executor checks the cluster's
         _check_device(suite)
     options = {"address": args.ray_address} if args.ray_address else {}
-    return execute(suite, source, run_id, run_dir, todo, args.executor, options)
+    run_dir.mkdir(parents=True, exist_ok=args.resume is not None)
+    with run_folder.locked(run_dir):
+        if saved is not None:
+            _check_resume(run_dir, saved, suite, todo, configs, args.allow_mixed)
+        return execute(suite, source, run_id, run_dir, todo, args.executor, options)
+
+
+def _check_resume(run_dir: Path, saved: dict, suite: suites.Suite, todo: list, configs: dict,
+                  allow_mixed: bool) -> None:
+    from benchmarks import canonical, env, protocols
+
+    try:
+        existing = records.read(run_dir / "records.jsonl")
+    except ValueError as err:
+        raise CliError(f"{err}; remove that line to resume") from None
+    tiny = {d.name: d.tiny for d in suite.datasets}
+    protocol_hashes = {}
+    for dataset, task in sorted({(r.get("dataset"), r.get("task")) for r in existing if r.get("status") == "ok"}):
+        if dataset in tiny and not allow_mixed:
+            info, _sizes = protocols.prepare(canonical.load(dataset, tiny=tiny[dataset]), task)
+            protocol_hashes[(dataset, tiny[dataset], task)] = info.hash
+    run_folder.check_resume(saved, suite.digest(), {c.key for c in todo}, existing, configs, protocol_hashes,
+                            env.collect(suite.device), allow_mixed)
 
 
 def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: list, executor: str,
             options: dict | None = None) -> int:
+    """Run the cells of ``todo`` not yet finished in ``run_dir`` (which the caller holds locked)."""
     from tqdm import tqdm
 
     from benchmarks import env
@@ -192,30 +268,42 @@ def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: 
         raise CliError(str(registry.did_you_mean("executor", executor, list(EXECUTORS))))
     for sub in ("work", "logs"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "suite.json").exists():
+        facts = env.collect(suite.device)
+        run_folder.write_suite_file(run_dir, asdict(suite), suite.digest(), source, run_id, facts)
+        (run_dir / "env.json").write_text(json.dumps(facts, indent=1, sort_keys=True))
     suite_file = run_dir / "suite.json"
-    if not suite_file.exists():
-        suite_file.write_text(json.dumps({"suite": asdict(suite), "source": source, "run_id": run_id},
-                                         indent=1, sort_keys=True))
-        (run_dir / "env.json").write_text(json.dumps(env.collect(suite.device), indent=1, sort_keys=True))
     records_path = run_dir / "records.jsonl"
     done = {key for key, r in records.latest_by_cell(records.read(records_path)).items() if r["status"] == "ok"}
     pending = [c for c in todo if c.key not in done]
     print(f"run folder: {run_dir}\nresolved suite: {json.dumps(asdict(suite), sort_keys=True)}\n"
           f"{len(todo)} cells, {len(todo) - len(pending)} already finished", flush=True)
+    resume_hint = f"python -m benchmarks.run --resume {run_dir}"
 
     progress = tqdm(total=len(pending), unit="cell", dynamic_ncols=True)
+    kept = len(todo) - len(pending)
     try:
         for record in EXECUTORS[executor](suite_file, suite, pending, run_dir, run_id, **(options or {})):
-            records.append(records_path, record)
+            try:
+                records.append(records_path, record)
+            except OSError as err:
+                raise CliError(f"cannot write {records_path} ({err.strerror or err}): {kept} finished records "
+                               f"kept; free space, then resume: {resume_hint}") from None
+            kept += record["status"] == "ok"
             progress.set_postfix_str(f"{record['cell']} {record['status']}")
             progress.update()
             if record["status"] != "ok":
                 tqdm.write(f"FAILED {record['cell']}: {record['error']['type']}: "
                            f"{record['error']['message'].splitlines()[0] if record['error']['message'] else ''}")
     except ExecutorError as err:
-        progress.close()
         raise CliError(str(err)) from None
-    progress.close()
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"interrupted: the running cell was stopped; {kept} of {len(todo)} cells finished and kept. "
+              f"Resume: {resume_hint}", file=sys.stderr)
+        return 130
+    finally:
+        progress.close()
     shutil.rmtree(run_dir / "work", ignore_errors=True)
     print(write_reports(run_dir))
     print(f"records: {records_path}")
@@ -223,7 +311,7 @@ def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: 
     failed = [c.key for c in todo if latest.get(c.key, {}).get("status") != "ok"]
     if failed:
         print(f"{len(failed)} of {len(todo)} cells failed (table 'failed cells' above, logs in {run_dir / 'logs'}); "
-              f"after a fix: python -m benchmarks.run --resume {run_dir}", file=sys.stderr)
+              f"after a fix: {resume_hint}", file=sys.stderr)
         return 1
     return 0
 

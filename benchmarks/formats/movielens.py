@@ -8,11 +8,13 @@
 * ``ml-25m.zip``: ``ratings.csv`` (``userId,movieId,rating,timestamp``, half stars, header line) and
   ``movies.csv`` (``movieId,title,genres``, UTF-8, titles with commas in double quotes); no user file.
 
-The 1M and 25M ids are integers and stay integers (faster canonical tables at 25M rows).
+The ids are integers and stay integers (faster canonical tables at 25M rows). Every line of every
+file read is counted; malformed ones (and ratings lines with a NaN rating or an impossible
+timestamp) are recorded in the report and dropped; ratings lines that repeat an earlier line are
+noted in the report (canonical tables drop them).
 """
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from benchmarks.cards import Source
-from benchmarks.formats import BadLines, RawTables
+from benchmarks.formats import INTERACTION_COLUMNS, BadLines, RawTables, interaction_checks
 from benchmarks.formats.delimited import read_delimited
 
 _RATING_TYPES = {"user_raw": pa.int64(), "item_raw": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()}
@@ -65,32 +67,29 @@ def parse_100k_zip(paths: dict[str, Path], source: Source, report: BadLines) -> 
         def member(name: str) -> str:
             return archive.read(_member(archive, name)).decode("latin-1")
 
-        data = pd.read_csv(io.StringIO(member("u.data")), sep="\t", header=None, dtype=str,
-                           names=["user_raw", "item_raw", "rating", "timestamp"])
-        report.add_lines(len(data))
-        genre_names = [line.split("|")[0] for line in member("u.genre").splitlines() if line.strip()]
-        item_rows = _split_lines(member("u.item"), "|", 5 + len(genre_names), "u.item", report)
-        user_rows = _split_lines(member("u.user"), "|", 5, "u.user", report)
+        interactions = read_delimited(lambda: archive.open(_member(archive, "u.data")), "u.data", _RATING_TYPES,
+                                      report, sep="\t", encoding="latin-1", checks=interaction_checks,
+                                      repeats=INTERACTION_COLUMNS)
+        genre_names = [r[0] for r in _split_lines(member("u.genre"), "|", 2, "u.genre", report)]
+        item_rows = _split_lines(member("u.item"), "|", 5 + len(genre_names), "u.item", report, int_fields=(0,))
+        user_rows = _split_lines(member("u.user"), "|", 5, "u.user", report, int_fields=(0,))
 
-    interactions = pd.DataFrame({
-        "user_raw": data["user_raw"], "item_raw": data["item_raw"],
-        "rating": pd.to_numeric(data["rating"]).astype("float32"),
-        "timestamp": pd.to_numeric(data["timestamp"]).astype("int64"),
-    })
     items = pd.DataFrame({
-        "item_raw": [r[0] for r in item_rows],
+        "item_raw": pd.Series([int(r[0]) for r in item_rows], dtype="int64"),
         "title": [r[1] for r in item_rows],
         "year": pd.to_numeric(pd.Series([r[2][-4:] for r in item_rows]), errors="coerce").astype("Int64"),
         "genres": ["|".join(g for g, flag in zip(genre_names, r[5:]) if flag == "1") for r in item_rows],
     })
     users = pd.DataFrame(user_rows, columns=["user_raw", "age", "gender", "occupation", "zip_code"])
+    users["user_raw"] = pd.to_numeric(users["user_raw"]).astype("int64")
     return RawTables(interactions, items, users)
 
 
 def parse_1m_zip(paths: dict[str, Path], source: Source, report: BadLines) -> RawTables:
     with zipfile.ZipFile(next(iter(paths.values()))) as archive:
         interactions = read_delimited(lambda: archive.open(_member(archive, "ratings.dat")), "ratings.dat",
-                                      _RATING_TYPES, report, sep="::")
+                                      _RATING_TYPES, report, sep="::", checks=interaction_checks,
+                                      repeats=INTERACTION_COLUMNS)
 
         def rows(name: str, n_fields: int) -> list[list[str]]:
             text = archive.read(_member(archive, name)).decode("latin-1")
@@ -112,7 +111,8 @@ def parse_1m_zip(paths: dict[str, Path], source: Source, report: BadLines) -> Ra
 def parse_25m_zip(paths: dict[str, Path], source: Source, report: BadLines) -> RawTables:
     with zipfile.ZipFile(next(iter(paths.values()))) as archive:
         interactions = read_delimited(lambda: archive.open(_member(archive, "ratings.csv")), "ratings.csv",
-                                      _RATING_TYPES, report, header=True)
+                                      _RATING_TYPES, report, header=True, checks=interaction_checks,
+                                      repeats=INTERACTION_COLUMNS)
         movies = read_delimited(lambda: archive.open(_member(archive, "movies.csv")), "movies.csv",
                                 {"item_raw": pa.int64(), "title": pa.string(), "genres": pa.string()},
                                 report, header=True, quoted=True)

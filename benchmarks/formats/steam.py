@@ -18,7 +18,7 @@ import pandas as pd
 
 from benchmarks.cards import Source
 from benchmarks.formats import BadLines, RawTables
-from benchmarks.formats.line_records import drop_invalid, read_records
+from benchmarks.formats.line_records import drop_bad_values, drop_invalid, read_records
 
 REVIEWS, GAMES = "steam_reviews.json.gz", "steam_games.json.gz"
 
@@ -35,7 +35,9 @@ def _interactions(path: Path, report: BadLines) -> pd.DataFrame:
     rows = read_records(path, REVIEWS, "python", keys, keys, report)
     day = pd.to_datetime(rows["date"].astype(str), format="%Y-%m-%d", errors="coerce")
     rows = drop_invalid(rows, day.isna(), "date is not YYYY-MM-DD", REVIEWS, report)
-    seconds = day[rows.index].to_numpy().astype("datetime64[s]").astype(np.int64)
+    seconds = pd.Series(day[rows.index].to_numpy().astype("datetime64[s]").astype(np.int64), index=rows.index)
+    rows = drop_bad_values(rows, pd.Series(1.0, index=rows.index), seconds, REVIEWS, report)
+    seconds = seconds[rows.index].to_numpy()
     return pd.DataFrame({
         "user_raw": rows["username"].astype(str).to_numpy(),
         "item_raw": rows["product_id"].astype(str).to_numpy(),
