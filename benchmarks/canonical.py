@@ -236,12 +236,16 @@ def _cache_folder(card: Card, tiny: bool) -> Path:
     return cache_root() / "tables" / f"{card.name}-{key}"
 
 
-def _same_sources(card: Card, built_from: dict[str, str]) -> bool:
+def _same_sources(card: Card, built_from: dict[str, str], meta_path: Path) -> bool:
     """Whether the cached tables were built from the raw files present now. Files the card pins by
-    sha256 cannot have changed (the recorded sums must be one source's pinned ones); the others
-    (sources that publish no checksum) are hashed again."""
+    sha256 cannot have changed: the recorded sums must be one source's pinned ones (else the
+    meta.json is corrupt: one warning line); the others (sources that publish no checksum) are
+    hashed again."""
     if all(sha is not None for source in card.sources for sha in source.files.values()):
-        return any(dict(source.files) == built_from for source in card.sources)
+        if any(dict(source.files) == built_from for source in card.sources):
+            return True
+        _corrupt(meta_path, "its source_sha256 are not the sums the card pins")
+        return False
     return resolve(card).sha256 == built_from
 
 
@@ -260,6 +264,8 @@ def _read_meta(meta_path: Path) -> dict[str, Any] | None:
             raise TypeError("a field has the wrong type")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         why = f"missing key {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        if str(err) == "'data_quality'":
+            why += " (written by an older version)"
         _corrupt(meta_path, " ".join(why.split())[:200])
         return None
     return meta
@@ -273,7 +279,7 @@ def _cached(card: Card, folder: Path, tiny: bool) -> CanonicalData | None:
             _corrupt(meta_path, "the file is missing")
         return None
     meta = _read_meta(meta_path)
-    if meta is None or not _same_sources(card, meta["source_sha256"]):
+    if meta is None or not _same_sources(card, meta["source_sha256"], meta_path):
         return None
     for t in _TABLES:
         path = folder / f"{t}.parquet"

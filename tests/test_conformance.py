@@ -40,7 +40,7 @@ import numpy as np
 import pytest
 import yaml
 
-from benchmarks import records, registry
+from benchmarks import metrics, records, registry
 from benchmarks import suite as suites
 from benchmarks.cell import run_cell
 from benchmarks.contract import LABEL_COLUMNS
@@ -235,16 +235,9 @@ def test_scores_have_the_contract_shape_and_range(observed, name, task):
     assert obs.log.score_calls, "score was never called"
     for rows, shape, _ in obs.log.score_calls:
         assert shape[:1] == (rows,), f"score returned {shape} for {rows} samples"
-    scores = obs.scores
-    assert len(scores) == obs.record["n_eval"]
-    if task == "ctr":
-        assert scores.ndim == 1
-        assert np.all((scores >= 0) & (scores <= 1)), "ctr scores must be probabilities in [0, 1] (no NaN)"
-    else:
-        n_candidates = obs.record["protocol_params"]["n_candidates"]
-        assert scores.shape == (len(scores), n_candidates)
-        finite, missing = np.isfinite(scores).all(axis=1), np.isnan(scores).all(axis=1)
-        assert np.all(finite | missing), "a next_item row is all finite or all NaN (no answer)"
+    # the rule every cell applies (metrics.check_scores): ctr probabilities without NaN; next_item rows
+    # all finite, or all NaN for an answer that matched no candidate
+    metrics.check_scores(task, obs.scores, obs.record["n_eval"], obs.record["protocol_params"].get("n_candidates"))
 
 
 @pytest.mark.parametrize("name, task", method_cases())

@@ -121,6 +121,8 @@ def test_plugin_method_runs_in_a_suite(env, tmp_path):
     recs = read_records(only_run_dir(tmp_path))
     assert {(r["task"], r["method"], r["status"]) for r in recs} == {
         ("ctr", "demo-mean-rating", "ok"), ("next_item", "demo-mean-rating", "ok")}
+    assert all(r["provenance"]["kind"] == "plugin" and r["provenance"]["distribution"] == "llmrec_demo_plugin"
+               and r["provenance"]["version"] == "0.0.1" for r in recs)
     facts = json.loads((only_run_dir(tmp_path) / "env.json").read_text())
     assert facts["plugins"] == [{"name": "llmrec_demo_plugin", "version": "0.0.1"}]
     assert facts["plugin_problems"] == []

@@ -169,7 +169,9 @@ def test_the_budget_error_names_the_file_and_line_in_one_line(raw_env):
     ("7\t4\tinf\t881250949", "bad_nan_rating"),
     ("7\t4\t3\t-5", "bad_time_out_of_range"),
     ("7\t4\t3\t99999999999", "bad_time_out_of_range"),  # year 5138
-    ("7\t4\t3\t99999999999999999999", "bad_time_out_of_range"),  # not an int64
+    ("7\t4\t3\t99999999999999999999", "bad_not_a_number"),  # beyond int64: never wrapped around
+    ("7\t4\t3\t881250949.5", "bad_not_a_number"),  # never truncated to an int
+    ("7\t4\t1e300\t881250949", "bad_not_a_number"),  # never rounded to an infinite float32
 ])
 def test_nan_ratings_and_impossible_timestamps_are_bad_lines_never_kept(raw_env, line, kind):
     written = write_100k(raw_env.raw, (line,))
@@ -224,7 +226,8 @@ def test_non_utf8_ids_are_counted_as_such(raw_env):
     data = canonical.load(atomic_card(raw_env, atomic))
     assert data.data_quality["bad_not_utf8"] == 1
     assert sorted(raw_interactions(data)) == sorted(atomic.interactions)
-    with pytest.raises(ValueError, match=rf"ml-100k.inter:{line_no}: not valid text in the file's encoding \(byte 0xe9\)"):
+    not_utf8 = rf"ml-100k.inter:{line_no}: not valid text in the file's encoding \(byte 0xe9\)"
+    with pytest.raises(ValueError, match=not_utf8):
         canonical.load(atomic_card(raw_env, atomic, max_bad_line_ratio=0.0))
 
 
@@ -258,7 +261,8 @@ def test_a_parser_that_keeps_a_nan_rating_is_stopped(raw_env, monkeypatch):
 
 def test_no_interactions_is_one_clear_error_when_the_tables_are_built(raw_env):
     written = write_100k(raw_env.raw, data=False)
-    with pytest.raises(ValueError, match=re.escape(f"no interactions after filtering in {written.files['ml-100k.zip']}")) as err:
+    expected = re.escape(f"no interactions after filtering in {written.files['ml-100k.zip']}")
+    with pytest.raises(ValueError, match=expected) as err:
         canonical.load(fixture_card(raw_env, "movielens-100k", written, "movielens_100k_zip"))
     assert "0 interactions parsed" in _error_line(err)
 
@@ -268,7 +272,8 @@ def test_no_interactions_is_one_clear_error_when_the_tables_are_built(raw_env):
     raw = yaml.safe_load(card_path.read_text())
     raw["filtering"] = {"k_core": 1000}
     card_path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ValueError, match=r"no interactions after filtering in .*ml-100k.zip .*0 after k_core 1000") as err:
+    with pytest.raises(ValueError, match=r"no interactions after filtering in .*ml-100k.zip .*0 after k_core 1000") \
+            as err:
         canonical.load(name)
     _error_line(err)
     assert not list((raw_env.raw.parent / "tables").glob("*/meta.json"))  # nothing cached
@@ -311,13 +316,15 @@ def test_corrupt_tables_meta_is_named_and_rebuilt(tiny_cache, caplog, corruption
     assert json.loads(meta.read_text())["sha256"] and again.data_quality == first.data_quality
 
 
-def test_tables_meta_with_a_false_source_sha256_is_rebuilt(tiny_cache):
+def test_tables_meta_with_a_false_source_sha256_is_rebuilt(tiny_cache, caplog):
     root, first = tiny_cache
     (meta,) = list(root.glob("tables/*/meta.json"))
     stored = json.loads(meta.read_text())
     stored["source_sha256"] = {name: "0" * 64 for name in stored["source_sha256"]}
     meta.write_text(json.dumps(stored))
-    assert canonical.load("movielens-100k", tiny=True).source_sha256 == first.source_sha256
+    with caplog.at_level(logging.WARNING):
+        assert canonical.load("movielens-100k", tiny=True).source_sha256 == first.source_sha256
+    assert "not the sums the card pins" in _one_warning(caplog, meta)
 
 
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))

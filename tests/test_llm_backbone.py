@@ -133,7 +133,8 @@ def test_a_changed_converted_backbone_is_named_and_rebuilt(conversions, tmp_path
         logits = first.model(ids).logits
     weights_sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     assert first.info()["weights_sha256"] == weights_sha and first.info()["sha256"] == bb.OFFLINE_DEFAULT.gguf_sha256
-    assert set(json.loads((folder / bb.MANIFEST).read_text())["files"]) == {p.name for p in folder.iterdir()} - {bb.MANIFEST}
+    listed = set(json.loads((folder / bb.MANIFEST).read_text())["files"])
+    assert listed == {p.name for p in folder.iterdir()} - {bb.MANIFEST}
     plant(folder)
     with caplog.at_level(logging.WARNING, logger=bb.__name__):
         again = bb.load_backbone("", "none", cache=tmp_path)

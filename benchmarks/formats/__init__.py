@@ -88,13 +88,14 @@ class BadLines:
 
 
 def value_problems(rating: pd.Series, timestamp: pd.Series) -> list[tuple[np.ndarray, str, str]]:
-    """(mask, why, kind) for the interaction rows whose rating is not a finite number or whose
+    """(mask, why, kind) for the interaction rows whose rating is not a finite float32 or whose
     timestamp (seconds) is outside [TIME_MIN, TIME_MAX). Inputs may be float or int."""
     r = pd.to_numeric(rating, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     t = pd.to_numeric(timestamp, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     with np.errstate(invalid="ignore"):
         bad_t = ~((t >= TIME_MIN) & (t < TIME_MAX))
-    return [(~np.isfinite(r), "the rating is NaN or infinite", "nan_rating"),
+        bad_r = ~np.isfinite(r) | (np.abs(r) > np.finfo(np.float32).max)  # ratings are stored as float32
+    return [(bad_r, "the rating is NaN or infinite (as float32)", "nan_rating"),
             (bad_t, f"the timestamp is not a time in 1970-2099 (outside [{TIME_MIN}, {TIME_MAX}) seconds)",
              "time_out_of_range")]
 

@@ -132,6 +132,8 @@ def _careful(opener: Callable[[], BinaryIO], sep: str, types: Mapping[str, pa.Da
             continue  # an empty title is no error: the canonical tables give it a placeholder
         values = pd.to_numeric(frame[name], errors="coerce")
         flag(values.isna().to_numpy(), _shown(name, frame[name]), "not_a_number")
+        target = np.dtype(column_type.to_pandas_dtype())
+        flag(_unrepresentable(values, column_type), f"{name} does not fit {target}", "not_a_number")
         frame[name] = values
     if checks is not None and len(frame):
         ok = (why == None)  # noqa: E711
@@ -149,6 +151,18 @@ def _careful(opener: Callable[[], BinaryIO], sep: str, types: Mapping[str, pa.Da
         for no in line_of[why == None][repeated_rows(frame, repeats)]:  # noqa: E711
             report.record_repeat(label, int(no))
     return frame
+
+
+def _unrepresentable(values: pd.Series, column_type: pa.DataType) -> np.ndarray:
+    """Which numbers would change when cast to ``column_type``: for integers, fractions, infinities
+    and values beyond int64; for floats, finite values beyond the type's range."""
+    v = values.to_numpy(dtype="float64", na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        if pa.types.is_integer(column_type):
+            if values.dtype.kind == "i":
+                return np.zeros(len(v), dtype=bool)
+            return ~np.isnan(v) & (~np.isfinite(v) | (v != np.floor(v)) | (np.abs(v) >= 2.0 ** 63))
+        return np.isfinite(v) & (np.abs(v) > np.finfo(column_type.to_pandas_dtype()).max)
 
 
 def _shown(name: str, raw: pd.Series) -> np.ndarray:

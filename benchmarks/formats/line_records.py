@@ -1,10 +1,10 @@
 """Files with one record per line (JSON lines, or Python dict literals), gzip-compressed or plain.
 
 :func:`read_records` decodes every line, keeps the requested keys as columns and records each line it
-cannot use (bad JSON, an unparseable literal, not a mapping, a required key missing) with its file
-and line number in the :class:`~benchmarks.formats.BadLines` report. Python literals are parsed with
-:func:`ast.literal_eval`, never ``eval``. A gzip stream that ends early is an error, not a bad line:
-the number of lines lost with it is unknown.
+cannot use (not UTF-8, bad JSON, an unparseable literal, not a mapping, a required key missing or an
+empty string) with its file and line number in the :class:`~benchmarks.formats.BadLines` report.
+Python literals are parsed with :func:`ast.literal_eval`, never ``eval``. A gzip stream that ends
+early is an error, not a bad line: the number of lines lost with it is unknown.
 
 Decoding is the slow part: ``ast.literal_eval`` reads about 20,000 Steam-review lines or 6,500
 Amazon-2014-meta lines per CPU-second (``python -m benchmarks.bench_prepare_25m --literal-lines N``),
@@ -79,9 +79,13 @@ def decode_chunk(lines: list[bytes], first_line: int, decoder: str, keys: tuple[
         if not isinstance(record, dict):
             bad.append((no, f"expected a mapping, got {type(record).__name__}", "malformed"))
             continue
-        missing = [k for k in required if record.get(k) is None or record.get(k) == ""]
+        missing = [k for k in required if record.get(k) is None]
         if missing:
             bad.append((no, f"missing {', '.join(missing)}", "malformed"))
+            continue
+        empty = [k for k in required if isinstance(record[k], str) and not record[k].strip()]
+        if empty:
+            bad.append((no, f"empty {', '.join(empty)}", "empty_id"))
             continue
         columns["line"].append(no)
         for key in keys:
