@@ -131,8 +131,6 @@ def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return {**read_config_file(base_path, (*seen, path)), **loaded}
 
 
-#: name -> entry for classes whose decorator has run (entry-point classes are known only this way).
-_DECORATED: dict[str, MethodEntry] = {}
 #: plugin problems already written to stderr in this process
 _REPORTED: set[str] = set()
 
@@ -170,18 +168,17 @@ def register_method(name: str, *, tasks: tuple[str, ...] | list[str], family: st
     samples (zero-shot): a suite's ``family_defaults`` shots are not applied to it.
 
     Raises:
-        RegistrationError: an invalid argument, or ``name`` already taken by another class.
+        RegistrationError: an invalid argument (a name taken twice is reported by :func:`discover`).
     """
 
     def wrap(cls: type) -> type:
         target = f"{cls.__module__}:{cls.__qualname__}"
         _check_arguments(_relative(getattr(sys.modules.get(cls.__module__), "__file__", None) or target),
                         name, tasks, family, trains)
-        previous = _DECORATED.get(name)
-        if previous is not None and previous.target != target:
-            raise RegistrationError(f"method name '{name}' is registered twice ({previous.target} and {target})")
-        _DECORATED[name] = MethodEntry(name, tuple(tasks), family, target, None, trains)
-        cls.registered_names = (*vars(cls).get("registered_names", ()), name)  # not a decorated base's names
+        # kept on the class (not a decorated base's): two classes may claim a name, discover() decides
+        cls.registered_entries = {**vars(cls).get("registered_entries", {}),
+                                  name: MethodEntry(name, tuple(tasks), family, target, None, trains)}
+        cls.registered_names = tuple(cls.registered_entries)  # what contributors and tests read
         return cls
 
     return wrap
@@ -245,7 +242,7 @@ def _plugin_entry(ep: importlib.metadata.EntryPoint, plugin: Plugin) -> MethodEn
     if ep.name not in names:
         raise RegistrationError(f"{plugin}: the key '{ep.name}' differs from the name the decorator "
                                 f"registers ({', '.join(names)}); the key must be that name")
-    return replace(_DECORATED[ep.name], plugin=plugin)
+    return replace(vars(cls)["registered_entries"][ep.name], plugin=plugin)
 
 
 def _plugins() -> tuple[list[MethodEntry], dict[str, str]]:

@@ -82,14 +82,13 @@ def _entries(folder: Path) -> list[Path]:
 def confine(denied: Iterable[Path]) -> dict:
     """Restrict this process (for good) so that nothing beneath ``denied`` can be opened for reading.
 
-    Returns what the record says about it: ``{"mechanism", "abi", "denied_paths"}`` (how many paths
-    were closed); mechanism "none" where the kernel has no Landlock (nothing is then enforced, and the
-    record says so).
+    Returns what the record says about it: ``{"mechanism", "abi"}``; mechanism "none" where the
+    kernel has no Landlock (nothing is then enforced, and the record says so).
     """
     abi = landlock_abi()
     targets = sorted({Path(os.path.realpath(p)) for p in denied if os.path.lexists(p)})
     if abi < 1:
-        return {"mechanism": "none", "abi": 0, "denied_paths": 0}
+        return {"mechanism": "none", "abi": 0}
     libc = _libc()
     attr = _RulesetAttr(_READ_FILE | _READ_DIR)
     ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
@@ -105,7 +104,7 @@ def confine(denied: Iterable[Path]) -> dict:
             raise IsolationError(f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}")
     finally:
         os.close(ruleset)
-    return {"mechanism": "landlock", "abi": abi, "denied_paths": len(targets)}
+    return {"mechanism": "landlock", "abi": abi}
 
 
 def _grants(targets: list[Path]) -> list[tuple[Path, int]]:

@@ -317,6 +317,11 @@ def load_backbone(name: str = "", quant: str = "nf4", device: str = "cpu", *, ca
                   cpu_dtype: str = "float32", cpu_4bit_kernel: str = "dequant") -> Backbone:
     """Load ``name`` (hub id or local folder; "" = the offline default) on ``device``.
 
+    Loading leaves torch's random state as it found it: converting and quantizing on a cold cache
+    draws random numbers (transformers initializes weights before it fills them) and a warm cache
+    does not, so without this the adapters a method creates next start from other values on a
+    cache's first run (the ci suite's tallrec LogLoss moved by 2.7e-4).
+
     Args:
         quant: "nf4" (4-bit NormalFloat, double quantization) or "none".
         cpu_dtype: "float32" or "bfloat16": compute dtype on CPU (CUDA always computes in bf16).
@@ -329,6 +334,14 @@ def load_backbone(name: str = "", quant: str = "nf4", device: str = "cpu", *, ca
     """
     if quant not in QUANTS:
         raise BackboneError(f"unknown quantization '{quant}' (--quant): choose one of {QUANTS}")
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return _load_backbone(name, quant, device, cache, cpu_dtype, cpu_4bit_kernel)
+
+
+def _load_backbone(name: str, quant: str, device: str, cache: Path | None, cpu_dtype: str,
+                   cpu_4bit_kernel: str) -> Backbone:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -169,7 +169,9 @@ def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
 def test_a_broken_plugin_is_reported_and_skipped_by_runs_that_do_not_use_it(broken_env):
     listed = cli(broken_env, "--list")
     assert listed.returncode == 0, listed.stderr[-3000:]
-    assert "pop" in listed.stdout.split("methods:")[1] and "demo-broken" not in listed.stdout.split("methods:")[1]
+    methods = listed.stdout.split("methods:")[1].split("broken plugins")[0]
+    assert "pop" in methods and "demo-broken" not in methods
+    assert f"broken plugins (skipped):\n  {BROKEN_LINE}" in listed.stdout
     dry = cli(broken_env, "--suite", "ci", "--methods", "pop", "--dry-run")
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert dry.stdout.strip().endswith("2 cells")

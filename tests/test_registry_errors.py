@@ -167,7 +167,6 @@ def test_the_shipped_method_files_register_correctly():
 def install(tmp_path, monkeypatch):
     """``install(dist, source, entry_points)``: a distribution with one module ``dist``, importable
     from a folder put on ``sys.path`` for this test only."""
-    monkeypatch.setattr(registry, "_DECORATED", dict(registry._DECORATED))
     site = tmp_path / "site"
     site.mkdir()
     monkeypatch.syspath_prepend(str(site))
