@@ -17,8 +17,8 @@ Side features are tokens; ``genres`` (``"|"``-joined in the catalog) becomes a `
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd

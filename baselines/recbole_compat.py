@@ -22,9 +22,10 @@ import ast
 import os
 import sys
 import warnings
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 #: RecBole model packages the adapter uses (``recbole.model.<package>``).
 _MODEL_PACKAGES = ("sequential_recommender", "context_aware_recommender")

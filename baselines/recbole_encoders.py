@@ -31,19 +31,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from baselines.recbole_training import RecBoleModel
 from benchmarks import registry
-from benchmarks.cards import canonical_hash
 from benchmarks.contract import CellContext, FitData
+from benchmarks.data.cards import canonical_hash
 
 #: RecBole classes whose ``forward(item_seq, item_seq_len)`` returns one ``[B, d]`` state per sequence
 SEQUENCE_ENCODERS = ("SASRec", "GRU4Rec")
-_MEMO: dict[str, "FrozenEncoder"] = {}
+_MEMO: dict[str, FrozenEncoder] = {}
 
 
 class FrozenEncoder:

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from baselines import recbole_atomic_files as atomic
 from baselines import recbole_compat as compat
-from benchmarks import step_trace
 from benchmarks.contract import Catalog, CellContext, ParameterCounts, count_parameters
+from benchmarks.execution import step_trace
 
 #: RecBole's name for the dataset we write (never one RecBole ships settings for, like ``ml-100k``)
 DATASET_NAME = "llmrec"
@@ -99,7 +100,7 @@ class RecBoleModel:
     @classmethod
     def build(cls, settings: RecBoleSettings, task: str, train: pd.DataFrame, catalog: Catalog,
               ctx: CellContext, features: Mapping[str, tuple[str, ...]] | None = None,
-              where: str = "") -> "RecBoleModel":
+              where: str = "") -> RecBoleModel:
         """Write ``train`` as RecBole files, load them, and build an untrained ``settings.model``.
 
         Args:

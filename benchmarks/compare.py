@@ -28,9 +28,9 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from benchmarks import stats
 from benchmarks.metrics import METRICS
 from benchmarks.reference import TOLERANCE, InputError, Parser, is_number, read_run
+from benchmarks.reporting import stats
 
 LATENCY_FIELDS = ("latency_p50_ms", "throughput_samples_per_s", "train_seconds", "peak_memory_mb")
 DEFAULT_LATENCY_TOL = 0.5   # relative: flag when B / A leaves [1/1.5, 1.5]

@@ -16,7 +16,7 @@ A method is any class registered with :func:`benchmarks.registry.register_method
 
 The harness times ``fit`` and ``score``; a method never times itself.
 
-Sample tables (pandas, one row per sample; produced by :mod:`benchmarks.protocols`):
+Sample tables (pandas, one row per sample; produced by :mod:`benchmarks.data.protocols`):
 
 =================  =========================  ===============================================
 column             dtype                      meaning
@@ -39,9 +39,10 @@ models that read longer sequences (RecBole, RecLoRA's CRM) may use all of it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd

@@ -35,9 +35,10 @@ import importlib.metadata
 import logging
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 

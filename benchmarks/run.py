@@ -14,11 +14,13 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks import cards, estimate, records, registry, run_folder
+from benchmarks import records, registry
 from benchmarks import suite as suites
-from benchmarks.cache import ENV_VAR, CacheError, cache_location, clean_cache
+from benchmarks.data import cards
+from benchmarks.data.cache import ENV_VAR, CacheError, cache_location, clean_cache
+from benchmarks.execution import estimate, run_folder
+from benchmarks.execution.run_folder import RunFolderError
 from benchmarks.registry import ROOT, UnknownName
-from benchmarks.run_folder import RunFolderError
 
 DEFAULT_OUT = ROOT / "results" / "runs"
 
@@ -239,7 +241,8 @@ def _main(argv: list[str] | None) -> int:
 
 def _check_resume(run_dir: Path, saved: dict, suite: suites.Suite, todo: list, configs: dict,
                   allow_mixed: bool) -> None:
-    from benchmarks import canonical, env, protocols
+    from benchmarks.data import canonical, protocols
+    from benchmarks.execution import env
 
     try:
         existing = records.read(run_dir / "records.jsonl")
@@ -260,9 +263,9 @@ def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: 
     """Run the cells of ``todo`` not yet finished in ``run_dir`` (which the caller holds locked)."""
     from tqdm import tqdm
 
-    from benchmarks import env
-    from benchmarks.executors import EXECUTORS, ExecutorError
-    from benchmarks.report import write_reports
+    from benchmarks.execution import env
+    from benchmarks.execution.executors import EXECUTORS, ExecutorError
+    from benchmarks.reporting.report import write_reports
 
     if executor not in EXECUTORS:
         raise CliError(str(registry.did_you_mean("executor", executor, list(EXECUTORS))))

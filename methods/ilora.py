@@ -138,7 +138,8 @@ class ILoRA:
 
         def __post_init__(self):
             if self.experts < 1 or self.lora_r % self.experts:
-                raise ValueError(f"ilora config: lora_r ({self.lora_r}) must split evenly into experts ({self.experts})")
+                raise ValueError(f"ilora config: lora_r ({self.lora_r}) must split evenly into experts "
+                                 f"({self.experts})")
             if self.scorer not in SCORERS:
                 raise ValueError(f"ilora config: scorer must be one of {SCORERS}, got {self.scorer!r}")
             metric = METRICS.get(self.valid_metric)

@@ -50,10 +50,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -123,7 +124,7 @@ class MixtureSpec:
         return self.alpha / self.expert_rank
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "MixtureSpec":
+    def from_mapping(cls, values: Mapping[str, Any]) -> MixtureSpec:
         """Build from a YAML/JSON mapping (``gate`` a nested mapping or null); unknown keys are refused."""
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:

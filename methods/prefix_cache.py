@@ -20,8 +20,9 @@ value): encode again after any update. Equivalence to a full pass is tested in f
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,7 +45,7 @@ class PromptTemplate:
     answers: dict[str, str]
 
     @classmethod
-    def load(cls, name: str, folder: Path = PROMPT_DIR) -> "PromptTemplate":
+    def load(cls, name: str, folder: Path = PROMPT_DIR) -> PromptTemplate:
         """Read ``<folder>/<name>.yaml``; unknown or missing fields raise ValueError naming the file."""
         path = folder / f"{name}.yaml"
         if not path.exists():

@@ -149,7 +149,7 @@ class RecLoRA:
         import torch
 
         from baselines.recbole_encoders import fit_frozen_encoder
-        from benchmarks.cards import load_card
+        from benchmarks.data.cards import load_card
         from methods.backbone import load_backbone
         from methods.lora_mixture import inject_mixture
         from methods.prompting import PromptTemplate
@@ -190,7 +190,7 @@ class RecLoRA:
         return self.backbone.info()
 
     # -------------------------------------------------------------- the steps of fit and score, also timed
-    # one by one in benchmarks/bench_reclora.py
+    # one by one in benchmarks/perf/reclora.py
 
     def _item_vectors(self, data: FitData) -> np.ndarray:
         """``[n_items, d]`` vectors the retriever compares: the CRM's item embeddings or the backbone's

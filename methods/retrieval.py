@@ -18,7 +18,7 @@ always rank first. Ties in similarity go to the more recent item.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

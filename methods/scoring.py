@@ -8,15 +8,16 @@ are computed (``logits_to_keep``), the shared instruction's keys/values are comp
 (:mod:`methods.prefix_cache`) and samples are batched within length buckets (sorted by length, so
 each batch pads only to its own longest prompt).
 
-Reference (only for ``benchmarks/bench_llm_scoring.py``): TALLRec's ``evaluate.py`` scores one
+Reference (only for ``benchmarks/perf/llm_scoring.py``): TALLRec's ``evaluate.py`` scores one
 prompt at a time with ``model.generate`` (greedy, ``max_new_tokens=128``, stopping at end of
 sequence, ``output_scores=True``), takes the softmax over the vocabulary of the FIRST step's scores,
 picks the Yes and No probabilities and applies a second softmax to those two probabilities.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def length_buckets(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]
         yield order[start: start + batch_size]
 
 
-def right_padded(sequences: list[list[int]], pad_id: int, device) -> tuple["torch.Tensor", "torch.Tensor"]:
+def right_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids, mask)`` of shape ``[B, max_len]``, real tokens first, pads after."""
     import torch
 
@@ -47,13 +48,13 @@ def right_padded(sequences: list[list[int]], pad_id: int, device) -> tuple["torc
     return ids.to(device), mask.to(device)
 
 
-def answer_logits(logits_at: "torch.Tensor", answers: AnswerTokens) -> "torch.Tensor":
+def answer_logits(logits_at: torch.Tensor, answers: AnswerTokens) -> torch.Tensor:
     """P(yes) from logits ``[..., vocab]``: softmax over the (yes, no) pair, in float32."""
     pair = logits_at[..., [answers.yes, answers.no]].float()
     return pair.softmax(-1)[..., 0]
 
 
-def _positions(lengths: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+def _positions(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct answer positions of a batch (``logits_to_keep``) and each row's index into them."""
     import torch
 
@@ -141,7 +142,7 @@ class CtrScorer:
     """
 
     def __init__(self, backbone, template: str, catalog, protocol, forward: ModelCall = call_model):
-        from benchmarks.cards import load_card
+        from benchmarks.data.cards import load_card
         from methods.prompting import CtrPrompts, PromptTemplate
 
         card = load_card(catalog.name)

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benchmarks import step_trace
+from benchmarks.execution import step_trace
 from methods.prefix_cache import ModelCall, call_model
 from methods.prompting import PromptSet
 from methods.scoring import right_padded
@@ -60,7 +61,7 @@ class TrainSettings:
     patience: int = 10          # validations without improvement before stopping
 
     @classmethod
-    def from_config(cls, config: Any, max_epochs: int | None = None) -> "TrainSettings":
+    def from_config(cls, config: Any, max_epochs: int | None = None) -> TrainSettings:
         """These fields read from a method's flat ``Config`` (same names), epochs capped by ``max_epochs``."""
         values = {f.name: getattr(config, f.name) for f in fields(cls)}
         if max_epochs is not None:
@@ -112,7 +113,7 @@ def micro_batches(lengths: np.ndarray, micro_batch_size: int, rng: np.random.Gen
 
 
 def answer_loss(model, prompts: PromptSet, rows: np.ndarray, pad_id: int, forward: ModelCall,
-                extra: Mapping[str, Any]) -> tuple["torch.Tensor", int]:
+                extra: Mapping[str, Any]) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy of the answer tokens of ``rows`` and how many tokens it sums."""
     import torch
 

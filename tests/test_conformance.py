@@ -42,8 +42,8 @@ import yaml
 
 from benchmarks import metrics, records, registry
 from benchmarks import suite as suites
-from benchmarks.cell import run_cell
 from benchmarks.contract import LABEL_COLUMNS
+from benchmarks.execution.cell import run_cell
 from tests.conftest import read_records
 
 METRIC_MODULES = ("benchmarks.metrics", "sklearn.metrics", "torchmetrics", "recbole.evaluator")
@@ -274,7 +274,7 @@ def test_the_same_seed_gives_the_same_scores(observed, name, task, request, tmp_
     found = f"{difference(obs.scores, again)}; {weights_compared(obs.record, other)}"
     assert same, f"{obs.key}: scores differ from {where} with the same seed: {found}"
     if not bitwise:  # within tolerance, but the drift is still unexplained: leave a trace in the log
-        warnings.warn(f"{obs.key}: scores drifted against {where}: {found}")
+        warnings.warn(f"{obs.key}: scores drifted against {where}: {found}", stacklevel=1)
 
 
 def weights_compared(a: dict, b: dict) -> str:
@@ -320,9 +320,9 @@ def test_no_metric_is_computed_inside_the_method(observed, name, task):
 
 def test_a_harness_that_leaks_labels_is_caught(monkeypatch, tmp_path):
     """If ``run_cell`` stopped removing labels, the label check above would see them."""
-    import benchmarks.cell
+    import benchmarks.execution.cell
 
-    monkeypatch.setattr(benchmarks.cell, "without_labels", lambda frame: frame)
+    monkeypatch.setattr(benchmarks.execution.cell, "without_labels", lambda frame: frame)
     obs = ran_ok(observe("pop", "ctr", tmp_path))
     assert {"label", "rating"} <= {col for _, _, columns in obs.log.score_calls for col in columns}
     assert "label" in obs.log.valid_columns

@@ -1,7 +1,6 @@
 """Canonical tables, sources and frozen protocols (deterministic bytes, tie rule, invariants)."""
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 
@@ -12,8 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks import canonical, cards, protocols, sources
-from benchmarks.canonical import CanonicalData, clean_title
+from benchmarks.data import canonical, cards, protocols, sources
+from benchmarks.data.canonical import CanonicalData, clean_title
 
 
 @pytest.mark.parametrize("raw, clean", [
@@ -87,7 +86,7 @@ def test_official_zip_gives_the_same_canonical_tables(ml100k, tmp_cards):
     zpath = tmp_cards / "cache" / "raw" / "ml-100k.zip"
     zpath.parent.mkdir(parents=True)
     _official_zip_from(ml100k, zpath)
-    from benchmarks.cache import sha256_file
+    from benchmarks.data.cache import sha256_file
 
     _card_with_zip_source(tmp_cards, sha256_file(zpath))
     other = canonical.load("ml100k-zip")

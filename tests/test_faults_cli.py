@@ -15,7 +15,9 @@ import psutil
 import pytest
 import yaml
 
-from benchmarks import cache, records, run_folder
+from benchmarks import records
+from benchmarks.data import cache
+from benchmarks.execution import run_folder
 from benchmarks.run import main
 from tests.conftest import ROOT, only_run_dir, plugin_env, read_records
 
@@ -339,7 +341,7 @@ def _cell_processes(run_dir: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "benchmarks.cell" in cmdline and any(str(run_dir) in part for part in cmdline):
+        if "benchmarks.execution.cell" in cmdline and any(str(run_dir) in part for part in cmdline):
             found.append(proc)
     return found
 

@@ -16,11 +16,19 @@ import pandas as pd
 import pytest
 import yaml
 
-from benchmarks import canonical, protocols
-from benchmarks.cache import sha256_file
+from benchmarks.data import canonical, protocols
+from benchmarks.data.cache import sha256_file
 from benchmarks.registry import ROOT
-from tests.fixtures.raw_formats import (Written, fixture_card, raw_env_fixture, raw_interactions,  # noqa: F401
-                                        write_amazon, write_ml_1m, write_ml_25m, write_steam)
+from tests.fixtures.raw_formats import (  # noqa: F401
+    Written,
+    fixture_card,
+    raw_env_fixture,
+    raw_interactions,
+    write_amazon,
+    write_ml_1m,
+    write_ml_25m,
+    write_steam,
+)
 
 GENRES = ["Action", "Comedy", "Drama"]
 
@@ -242,7 +250,7 @@ def test_an_impossible_steam_date_is_a_bad_line(raw_env):
 
 
 def test_a_parser_that_keeps_a_nan_rating_is_stopped(raw_env, monkeypatch):
-    from benchmarks.formats import movielens
+    from benchmarks.data.formats import movielens
 
     real = movielens.parse_100k_zip
 

@@ -8,12 +8,18 @@ import re
 import pandas as pd
 import pytest
 
-from benchmarks import canonical, protocols
-from benchmarks.cache import sha256_file
-from benchmarks.cards import load_card
-from benchmarks.formats import BadLines, parser
-from tests.fixtures.raw_formats import (CATEGORIES, expected_after_filtering, fixture_card,  # noqa: F401
-                                        raw_env_fixture, raw_interactions, write_amazon)
+from benchmarks.data import canonical, protocols
+from benchmarks.data.cache import sha256_file
+from benchmarks.data.cards import load_card
+from benchmarks.data.formats import BadLines, parser
+from tests.fixtures.raw_formats import (  # noqa: F401
+    CATEGORIES,
+    expected_after_filtering,
+    fixture_card,
+    raw_env_fixture,
+    raw_interactions,
+    write_amazon,
+)
 
 RELEASES = ("2014", "2018", "2023")
 

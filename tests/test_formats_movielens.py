@@ -5,11 +5,17 @@ import re
 
 import pytest
 
-from benchmarks import canonical, protocols, sources
-from benchmarks.cards import load_card
-from benchmarks.formats import BadLines, parser
-from tests.fixtures.raw_formats import (MOVIES, fixture_card, raw_env_fixture, raw_interactions,  # noqa: F401
-                                        write_ml_1m, write_ml_25m)
+from benchmarks.data import canonical, protocols, sources
+from benchmarks.data.cards import load_card
+from benchmarks.data.formats import BadLines, parser
+from tests.fixtures.raw_formats import (  # noqa: F401
+    MOVIES,
+    fixture_card,
+    raw_env_fixture,
+    raw_interactions,
+    write_ml_1m,
+    write_ml_25m,
+)
 
 CASES = [("movielens-1m", write_ml_1m, "movielens_1m_zip"), ("movielens-25m", write_ml_25m, "movielens_25m_zip")]
 
@@ -85,7 +91,7 @@ def test_absent_archive_fails_in_one_line_naming_file_folder_and_url(raw_env):
 
 
 def test_the_25m_benchmark_archive_is_in_the_format_the_loader_reads(tmp_path):
-    from benchmarks.bench_prepare_25m import write_synthetic_zip
+    from benchmarks.perf.prepare_25m import write_synthetic_zip
 
     path = tmp_path / "ml-25m.zip"
     write_synthetic_zip(path, rows=20_000, seed=3)
@@ -101,7 +107,7 @@ def test_the_25m_benchmark_archive_is_in_the_format_the_loader_reads(tmp_path):
 
 @pytest.mark.slow
 def test_the_25m_benchmark_runs_end_to_end_on_a_small_table(tmp_path, capsys):
-    from benchmarks import bench_prepare_25m
+    from benchmarks.perf import bench_prepare_25m
 
     assert bench_prepare_25m.main(["--rows", "30000", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -10,10 +10,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from benchmarks import cards, run, sources
-from benchmarks.formats import BadLines, delimited, line_records
-from benchmarks.formats.delimited import read_delimited
-from benchmarks.formats.line_records import read_records
+from benchmarks import run
+from benchmarks.data import cards, sources
+from benchmarks.data.formats import BadLines, delimited, line_records
+from benchmarks.data.formats.delimited import read_delimited
+from benchmarks.data.formats.line_records import read_records
 from tests.fixtures.raw_formats import raw_env_fixture  # noqa: F401
 
 KEYS = ("user", "item", "when")
@@ -123,7 +124,7 @@ def test_a_source_of_several_files_downloads_each_and_restarts_a_stale_part(raw_
     for k, path in enumerate(upstream.values()):
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(gzip.compress(b"{'id': '%d'}\n" % k * 50))
-    from benchmarks.cache import sha256_file
+    from benchmarks.data.cache import sha256_file
 
     card = _two_file_card(raw_env, {n: p.as_uri() for n, p in upstream.items()},
                           {"a.json.gz": sha256_file(upstream["a.json.gz"]), "b.json.gz": None})

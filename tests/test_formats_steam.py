@@ -6,11 +6,16 @@ import gzip
 import pandas as pd
 import pytest
 
-from benchmarks import canonical, protocols, sources
-from benchmarks.cards import load_card
-from benchmarks.formats import BadLines, parser
-from tests.fixtures.raw_formats import (expected_after_filtering, fixture_card, raw_env_fixture,  # noqa: F401
-                                        raw_interactions, write_steam)
+from benchmarks.data import canonical, protocols, sources
+from benchmarks.data.cards import load_card
+from benchmarks.data.formats import BadLines, parser
+from tests.fixtures.raw_formats import (  # noqa: F401
+    expected_after_filtering,
+    fixture_card,
+    raw_env_fixture,
+    raw_interactions,
+    write_steam,
+)
 
 
 def test_reviews_become_deduplicated_5_core_implicit_interactions(raw_env):

@@ -1,7 +1,7 @@
 """The GPU check's FLOP and byte counting, on the tiny shape (runs on CPU)."""
 import pytest
 
-from benchmarks import gpu_check
+from benchmarks.perf import gpu_check
 
 
 def test_tiny_nf4_model_counts():

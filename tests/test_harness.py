@@ -10,7 +10,8 @@ import warnings
 import pytest
 import yaml
 
-from benchmarks import reference, suite as suite_schema
+from benchmarks import reference
+from benchmarks import suite as suite_schema
 from tests.conftest import ROOT, only_run_dir, read_records, run_suite
 
 
@@ -110,7 +111,7 @@ def test_rerun_gives_identical_records(ci_run, tmp_path):
             weights = [(r["parameters"] or {}).pop("sha256", None) for r in (a, b)]
             if a["metrics"] != b["metrics"] or weights[0] != weights[1]:  # within tolerance: leave a trace
                 warnings.warn(f"{key}: a rerun drifted: metrics {a['metrics']} against {b['metrics']}; trained "
-                              f"weights {'identical' if weights[0] == weights[1] else 'differ'}")
+                              f"weights {'identical' if weights[0] == weights[1] else 'differ'}", stacklevel=1)
             a, b = ({k: v for k, v in r.items() if k != "metrics"} for r in (a, b))
         assert a == b, key
 
@@ -136,8 +137,9 @@ def test_cli_mistakes_exit_2_with_one_line(args, fragment, tmp_path):
 
 
 def test_shots_flag_replaces_the_sizes_of_methods_that_train():
-    dry = subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite", "ci", "--methods", "tallrec,deepfm,zeroshot-llm",
-                          "--shots", "8,full", "--dry-run"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    dry = subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite", "ci", "--methods",
+                          "tallrec,deepfm,zeroshot-llm", "--shots", "8,full", "--dry-run"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
     cells = {line for line in dry.splitlines() if line.startswith("movielens-100k/")}
     assert cells == {f"movielens-100k/ctr/{m}/seed=1/shots={s}" for m in ("tallrec", "deepfm") for s in (8, "full")} | {
         "movielens-100k/ctr/zeroshot-llm/seed=1/shots=full", "movielens-100k/next_item/zeroshot-llm/seed=1/shots=full"}

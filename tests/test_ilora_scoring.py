@@ -9,10 +9,16 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("datasets")
 
-from benchmarks.contract import Catalog  # noqa: E402
 from llm_tiny import tiny_llama, tiny_tokenizer  # noqa: E402
-from methods.candidate_scoring import (candidate_log_likelihoods, first_line, greedy_answers,  # noqa: E402
-                                       match_candidate, one_hot_choices)
+
+from benchmarks.contract import Catalog  # noqa: E402
+from methods.candidate_scoring import (  # noqa: E402
+    candidate_log_likelihoods,
+    first_line,
+    greedy_answers,
+    match_candidate,
+    one_hot_choices,
+)
 from methods.next_item_prompts import NextItemPrompts, NextItemTemplate, with_training_candidates  # noqa: E402
 
 TITLES = ["Toy Story", "Heat", "Heat Wave", "Fargo", "Babe", "Star Wars", "Crash", "Sleeper"]

@@ -13,7 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import evaluation, metrics
+from benchmarks import metrics
+from benchmarks.execution import evaluation
 from tests.conftest import ROOT, only_run_dir, plugin_env, read_records
 
 SNOOP = '''
@@ -108,7 +109,7 @@ def test_the_confined_process_still_reads_everything_else(tmp_path):
     code = f'''
 import os
 from pathlib import Path
-from benchmarks import sandbox
+from benchmarks.execution import sandbox
 base = Path({str(tmp_path)!r})
 (base / "secret").mkdir(); (base / "secret" / "labels").write_text("1")
 (base / "open").mkdir(); (base / "open" / "data").write_text("2")

@@ -9,8 +9,9 @@ import pytest
 import scipy.sparse as sp
 
 from baselines.itemknn import ItemKNN, top_k_cosine, user_item_matrix
-from benchmarks import canonical, protocols, registry
+from benchmarks import registry
 from benchmarks.contract import CellContext, FitData, without_labels
+from benchmarks.data import canonical, protocols
 
 
 def fit_on_tiny(task: str, **config) -> tuple[ItemKNN, protocols.FrozenProtocol]:
@@ -104,7 +105,7 @@ def test_ctr_refuses_training_samples_of_one_class():
 def test_itemknn_clears_popularity_on_full_movielens_100k(tmp_path):
     """It really works: on the full protocols (not the 40-user subset) it beats ``pop`` clearly."""
     from benchmarks import suite as suites
-    from benchmarks.cell import run_cell
+    from benchmarks.execution.cell import run_cell
 
     raw = {"name": "itemknn-check", "version": 1, "description": "", "datasets": ["movielens-100k"],
            "methods": ["itemknn", "pop"], "budget": {"latency_samples": 1, "warmup": 0, "eval_cap": 2000}}

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("bitsandbytes")
 
 from llm_tiny import tiny_backbone_dir  # noqa: E402
+
 from methods import backbone as bb  # noqa: E402
 
 

@@ -7,8 +7,9 @@ import pytest
 
 pytest.importorskip("datasets")
 
-from benchmarks.contract import Catalog  # noqa: E402
 from llm_tiny import tiny_tokenizer  # noqa: E402
+
+from benchmarks.contract import Catalog  # noqa: E402
 from methods.prompting import CtrPrompts, PromptTemplate, chat_frame  # noqa: E402
 
 TITLES = ["Toy Story", "Heat", "Star Wars", "The Usual Suspects", "Fargo", "Babe"]
@@ -16,7 +17,8 @@ TITLES = ["Toy Story", "Heat", "Star Wars", "The Usual Suspects", "Fargo", "Babe
 
 def catalog() -> Catalog:
     items = pd.DataFrame({"item": np.arange(len(TITLES)), "title": TITLES})
-    return Catalog("toy", items, pd.DataFrame({"user": [0, 1]}), {"item": "movie", "items": "movies", "verb": "watched"})
+    domain = {"item": "movie", "items": "movies", "verb": "watched"}
+    return Catalog("toy", items, pd.DataFrame({"user": [0, 1]}), domain)
 
 
 def samples(labeled: bool = True) -> pd.DataFrame:

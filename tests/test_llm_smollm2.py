@@ -2,7 +2,7 @@
 
 Slow (the first run converts the GGUF, about a minute; later runs load the cached copy in seconds),
 but run by ``.ci/run``. The bounds on the bf16 CPU kernel's drift were measured with
-``benchmarks/bench_llm_scoring.py`` (see methods/backbone.py, NOTE).
+``benchmarks/perf/llm_scoring.py`` (see methods/backbone.py, NOTE).
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 
 pytest.importorskip("bitsandbytes")
 
-from benchmarks import canonical, metrics, protocols  # noqa: E402
+from benchmarks import metrics
 from benchmarks.contract import without_labels  # noqa: E402
+from benchmarks.data import canonical, protocols  # noqa: E402
 
 pytestmark = pytest.mark.slow
 N = 8

@@ -9,11 +9,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from llm_tiny import tiny_llama, tiny_tokenizer  # noqa: E402
+from test_llm_prompting import catalog  # noqa: E402
+
 from methods.prompting import CtrPrompts, PromptTemplate  # noqa: E402
 from methods.scoring import yes_probability  # noqa: E402
-from methods.training import (LoraSettings, TrainSettings, add_lora, answer_loss,  # noqa: E402
-                              micro_batches, train)
-from test_llm_prompting import catalog  # noqa: E402
+from methods.training import LoraSettings, TrainSettings, add_lora, answer_loss, micro_batches, train  # noqa: E402
 
 
 def labeled_frame(n: int, seed: int = 0) -> pd.DataFrame:
@@ -97,7 +97,7 @@ def test_seeded_runs_repeat_and_seeds_differ(tok):
 def test_step_trace_logs_each_step_only_when_asked(tok, monkeypatch, capsys):
     """``LLMREC_BENCH_TRACE_STEPS``: one stderr line per optimizer step (0 = before training) with the
     micro-batch losses and the weights' digest, equal between two runs of one seed; silent when unset."""
-    from benchmarks.step_trace import ENV_VAR
+    from benchmarks.execution.step_trace import ENV_VAR
 
     _, prompts = build(tok, n=8)
     settings = TrainSettings(learning_rate=1e-2, epochs=1, batch_size=4, micro_batch_size=2)

@@ -7,8 +7,8 @@ import zipfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.formats import BadLines
-from benchmarks.formats.movielens import parse_100k_zip
+from benchmarks.data.formats import BadLines
+from benchmarks.data.formats.movielens import parse_100k_zip
 
 GENRES = ["Action", "Comedy", "Drama"]
 titles = st.text(alphabet=st.characters(blacklist_characters="|\n\r", blacklist_categories=("Cs", "Cc")),

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import yaml
 
-from benchmarks import published, report, tables
-from benchmarks.plots import Point, accuracy_cost_figure, pareto_front
+from benchmarks.reporting import published, report, tables
+from benchmarks.reporting.plots import Point, accuracy_cost_figure, pareto_front
 from benchmarks.run import main as run_main
 
 
@@ -160,7 +160,8 @@ def test_report_of_a_real_run_is_complete_and_self_contained(ci_run, tmp_path):
 
 
 def test_llm_against_conventional_pairs_the_best_of_each_family(ci_run):
-    from benchmarks import records, stats
+    from benchmarks import records
+    from benchmarks.reporting import stats
 
     run_dir = ci_run[0]
     groups = tables.group_records(list(records.latest_by_cell(records.read(run_dir / "records.jsonl")).values()))
@@ -180,7 +181,7 @@ def test_llm_against_conventional_pairs_the_best_of_each_family(ci_run):
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome")),
                     reason="no chromium on this machine (Debian: apt-get install -y chromium)")
 def test_report_renders_whole_in_headless_chromium(ci_run, tmp_path):
-    from benchmarks import screenshot_report
+    from benchmarks.reporting import screenshot_report
 
     run_dir = tmp_path / "run"
     shutil.copytree(ci_run[0], run_dir)

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from benchmarks import registry
+from benchmarks.execution.ray_executor import INSTALL_HINT, gpus_per_cell
 from benchmarks.suite import SUITES_DIR
-from benchmarks.executors_ray import INSTALL_HINT, gpus_per_cell
 from tests.conftest import ROOT, only_run_dir, read_records, run_suite
 
 VOLATILE = {"timing", "host", "started_at", "finished_at", "run_id"}

@@ -19,8 +19,9 @@ torch = pytest.importorskip("torch")
 from baselines.recbole_adapter import RecBoleCTR, RecBoleNextItem  # noqa: E402
 from baselines.recbole_encoders import fit_frozen_encoder  # noqa: E402
 from baselines.recbole_training import RecBoleModel  # noqa: E402
-from benchmarks import canonical, protocols, registry  # noqa: E402
+from benchmarks import registry  # noqa: E402
 from benchmarks.contract import CellContext, FitData, without_labels  # noqa: E402
+from benchmarks.data import canonical, protocols  # noqa: E402
 
 SMALL_SASREC = {"train_batch_size": 128, "model_params": {
     "n_layers": 1, "n_heads": 1, "hidden_size": 16, "inner_size": 32, "loss_type": "CE"}}

@@ -96,8 +96,8 @@ def test_unknown_model_name_says_where():
 
 def test_no_recbole_file_lands_in_the_working_directory_or_the_workdir(tmp_path, monkeypatch):
     from baselines.recbole_training import RecBoleModel, RecBoleSettings
-    from benchmarks import canonical, protocols
     from benchmarks.contract import CellContext
+    from benchmarks.data import canonical, protocols
 
     data = canonical.load("movielens-100k", tiny=True)
     train = protocols.load(data, "next_item").train.iloc[:50]

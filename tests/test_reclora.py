@@ -14,10 +14,11 @@ import pytest
 
 pytest.importorskip("peft")
 import torch  # noqa: E402
-
-from benchmarks import canonical, metrics, protocols, registry  # noqa: E402
-from benchmarks.contract import CellContext, FitData, count_parameters, without_labels  # noqa: E402
 from llm_tiny import tiny_backbone_dir  # noqa: E402
+
+from benchmarks import metrics, registry
+from benchmarks.contract import CellContext, FitData, count_parameters, without_labels  # noqa: E402
+from benchmarks.data import canonical, protocols  # noqa: E402
 
 SHOTS = 8
 
@@ -227,7 +228,7 @@ def test_prompt_lists_the_retrieved_items_with_ratings_in_time_order_then_the_ta
 def test_tallrec_layout_shows_the_retrieved_items_as_liked_and_disliked_lists(cell, trained):
     """``prompt: tallrec``: the same K retrieved items, split by the card's label threshold into TALLRec's
     preference lists (no numbered lines, no stars), and the method trains and scores with it."""
-    from benchmarks.cards import load_card
+    from benchmarks.data.cards import load_card
     from methods.retrieval import select_history
 
     fit, test, _ = cell
@@ -248,6 +249,7 @@ def test_tallrec_layout_shows_the_retrieved_items_as_liked_and_disliked_lists(ce
 def test_extra_inputs_reach_the_forward_with_the_rows_of_its_batch():
     """yes_probability reorders rows by length; each row's extra input must stay with its own prompt."""
     from llm_tiny import tiny_llama, tiny_tokenizer
+
     from methods.prompting import PromptSet
     from methods.scoring import yes_probability
 

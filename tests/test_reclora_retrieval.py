@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks import canonical, protocols
+from benchmarks.data import canonical, protocols
 from methods.retrieval import select_history
 
 K = 10
@@ -96,6 +96,7 @@ def test_title_embeddings_average_each_texts_own_hidden_states():
     from types import SimpleNamespace
 
     from llm_tiny import tiny_llama, tiny_tokenizer
+
     from methods.retrieval import title_embeddings
 
     tok = tiny_tokenizer()

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import env, registry
+from benchmarks import registry
+from benchmarks.execution import env
 from benchmarks.registry import RegistrationError, UnknownName
 
 GOOD = '''

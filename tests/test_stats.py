@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from benchmarks import records, stats
+from benchmarks import records
+from benchmarks.reporting import stats
 
 
 def test_mean_std_matches_numpy_and_hides_single_seed_std():
@@ -157,7 +158,7 @@ def test_align_refuses_groups_whose_labels_disagree(tmp_path):
 
 
 def test_a_few_shot_curve_is_grouped_in_numeric_order_full_last():
-    from benchmarks.tables import group_records
+    from benchmarks.reporting.tables import group_records
 
     made = [{"status": "ok", "dataset": "d", "task": "ctr", "method": "m", "shots": s} for s in ("full", 256, 16, 64)]
     assert [key[3] for key in group_records(made)] == ["16", "64", "256", "full"]

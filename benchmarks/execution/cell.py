@@ -1,0 +1,192 @@
+"""Run one cell: data -> frozen protocol -> method.fit / method.score (timed) -> metrics -> record.
+
+This is the only place where a method meets data, so it is the only place that times, seeds and
+removes labels before scoring. It runs in two halves:
+
+* :func:`run_method`, in the cell's own process: the harness reads the protocol, keeps the test
+  samples without their labels, drops everything else that holds answers, confines the process so
+  that no label file can be opened (:mod:`benchmarks.execution.sandbox`), and only then builds the method,
+  fits it and scores the test samples;
+* :func:`benchmarks.execution.evaluation.finish`, in the executor's process after the cell's has ended: the
+  labels meet the scores there (contract, batch invariance, metrics).
+
+A failure anywhere becomes a ``failed`` record with the error's type, message and traceback tail,
+and the peak memory so far. :func:`run_cell` runs both halves in the calling process, unconfined
+(conformance tests and tools that need a method's record in-process).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import records, registry
+from benchmarks.contract import CellContext, FitData, without_labels
+from benchmarks.data import canonical, protocols, sources
+from benchmarks.data.cache import ENV_VAR, cache_root, method_cache
+from benchmarks.data.cards import known_cards, load_card
+from benchmarks.execution import env, evaluation, sandbox
+from benchmarks.execution.timing import Timing, record_memory, reset_peak_memory, timed_fit, timed_score
+from benchmarks.suite import Cell, Suite, config_dict, config_hash
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def seed_everything(seed: int, family: str, device: str = "cpu") -> None:
+    """Seed Python, NumPy and (for methods with parameters) torch, CPU and CUDA.
+
+    On CPU, also torch's deterministic algorithms: otherwise ``index_put_(accumulate=True)``, the
+    backward of indexing a tensor with repeated indices, adds from several threads with atomics once
+    it has 32,768 elements, so a rerun's weights differ in the last bits whenever two threads hit one
+    element in another order (README, "Determinism"). Uninitialized memory is left as it is (the mode
+    would fill it with NaN, which only costs time). GPU runs keep torch's defaults.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    if family != "reference":
+        import torch
+
+        torch.manual_seed(seed)
+        if device == "cpu":
+            torch.use_deterministic_algorithms(True)
+            torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def _source_folders() -> list[Path]:
+    """Where every dataset card's raw files lie (a method reads none of them)."""
+    return [sources._folder(source.location) for name in known_cards() for source in load_card(name).sources]
+
+
+def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bool) -> tuple[records.CellRecord, dict]:
+    """The method's half of ``cell``: (its record without metrics, the scores to evaluate).
+
+    With ``confine``, the process can no longer read label files afterwards (for good).
+    """
+    entry = registry.get_entry(cell.method)
+    card = load_card(cell.dataset)
+    dataset_entry = next(d for d in suite.datasets if d.name == cell.dataset)
+    spec = suite.methods[cell.method]
+    budget = suite.budget
+    record = records.CellRecord(
+        schema=records.SCHEMA_VERSION, run_id=run_id, suite=suite.name, suite_version=suite.version,
+        cell=cell.key, dataset=cell.dataset, tiny=dataset_entry.tiny, task=cell.task, protocol_hash="",
+        protocol_params={}, dataset_sha256={}, method=cell.method, family=entry.family, method_config={},
+        method_config_hash="", seed=cell.seed, shots=cell.shots, status="failed",
+        budget=asdict(budget), device=suite.device, started_at=now(), provenance=registry.provenance(entry))
+    timing = Timing()
+    bundle: dict = {}
+    reset_peak_memory(suite.device)
+    workdir = Path(tempfile.mkdtemp(prefix="cell-", dir=run_dir / "work"))
+    try:
+        data = canonical.load(cell.dataset, tiny=dataset_entry.tiny)
+        protocol = protocols.load(data, cell.task)
+        record.protocol_hash = protocol.info.hash
+        record.protocol_params = dict(protocol.info.params)
+        record.dataset_sha256 = data.source_sha256
+        record.data_quality = dict(data.data_quality)
+        catalog, info = data.catalog, protocol.info
+
+        config = registry.resolve_config(entry, spec.config)
+        record.method_config = config_dict(config)
+        record.method_config_hash = config_hash(cell.method, record.method_config)
+
+        train = protocol.few_shot(cell.shots, cell.seed)
+        train_full = protocol.train
+        valid = evaluation.evaluation_split(protocol, "valid", budget.valid_cap)
+        test = without_labels(evaluation.evaluation_split(protocol, "test", budget.eval_cap)).copy()
+        del data, protocol  # the interactions and the test labels: nothing in this process holds them now
+        gc.collect()
+        n_candidates = card.protocols[cell.task].get("n_candidates")
+
+        def validate(scores: np.ndarray) -> dict[str, float]:
+            from benchmarks import metrics
+
+            checked = metrics.check_scores(cell.task, scores, len(valid), n_candidates)
+            return metrics.compute(cell.task, valid["label"].to_numpy(), checked)
+
+        fit_data = FitData(task=cell.task, train=train, train_full=train_full, valid=without_labels(valid),
+                           validate=validate, catalog=catalog, protocol=info)
+        ctx = CellContext(seed=cell.seed, device=suite.device, batch_size=budget.batch_size,
+                          max_epochs=budget.max_epochs, workdir=workdir, cache_dir=method_cache(),
+                          llm=suite.llm, quant=suite.quant, dataset=cell.dataset)
+        if confine:
+            record.isolation = _confine(run_dir, workdir)
+        seed_everything(cell.seed, entry.family, suite.device)
+        method = entry.load_class()(config, ctx)
+        record.n_train, record.n_eval = (len(train) if entry.trains else 0), len(test)
+
+        timed_fit(method, fit_data, suite.device, timing, trains=entry.trains)
+        scores, probes = timed_score(method, test, suite.device, budget.batch_size,
+                                     budget.warmup, budget.latency_samples, timing)
+        bundle = {"sample_id": test["sample_id"].to_numpy(), "score": np.asarray(scores, dtype=np.float64),
+                  "probe": np.concatenate(probes).astype(np.float64) if probes else np.zeros((0,))}
+        counts = method.parameter_counts()
+        record.parameters = asdict(counts) if counts is not None else None
+        describe = getattr(method, "backbone_info", None)
+        record.backbone = describe() if callable(describe) else None
+        record.status = "ok"
+    except Exception as err:  # noqa: BLE001 - every failure becomes a record; the suite goes on
+        record.error = evaluation.error_info(err)
+    finally:
+        record_memory(suite.device, timing)
+        record.timing = timing.as_dict()
+        record.host = env.process_facts()
+        record.finished_at = now()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return record, bundle
+
+
+def _confine(run_dir: Path, workdir: Path) -> dict:
+    """Close this process's routes to labels: the environment's cache path, temp files outside the
+    workdir, and (through Landlock) every file that holds answers."""
+    os.environ.pop(ENV_VAR, None)
+    os.environ["TMPDIR"] = str(workdir)
+    tempfile.tempdir = str(workdir)
+    confined = sandbox.confine(sandbox.label_paths(cache_root(), _source_folders(), run_dir, workdir))
+    return {**confined, "denied": sandbox.DENIED}
+
+
+def run_cell(suite: Suite, cell: Cell, run_dir: Path, run_id: str) -> records.CellRecord:
+    """Both halves of ``cell`` in this process, unconfined; returns the finished record."""
+    record, bundle = run_method(suite, cell, run_dir, run_id, confine=False)
+    tiny = next(d.tiny for d in suite.datasets if d.name == cell.dataset)
+    finished = evaluation.finish(record.as_dict(), bundle, tiny, suite.budget.eval_cap, run_dir)
+    return records.CellRecord(**finished)
+
+
+def bundle_path(out: str | Path) -> Path:
+    """Where the cell process leaves its scores beside its record file ``out``."""
+    return Path(str(out)[: -len(".json")] + ".scores.npz")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a cell's own process: ``python -m benchmarks.execution.cell SUITE_JSON CELL_JSON RUN_DIR OUT``
+    (the method's half; the executor finishes the record)."""
+    from benchmarks.suite import parse
+
+    suite_path, cell_json, run_dir, out = argv or sys.argv[1:]
+    raw = json.loads(Path(suite_path).read_text())
+    suite = parse(raw["suite"], raw["source"])
+    cell = Cell(**json.loads(cell_json))
+    record, bundle = run_method(suite, cell, Path(run_dir), raw["run_id"], confine=True)
+    if bundle:
+        np.savez(bundle_path(out), **bundle)
+    tmp = out + ".tmp"
+    Path(tmp).write_text(json.dumps(record.as_dict(), sort_keys=True))
+    os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

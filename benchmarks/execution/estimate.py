@@ -1,0 +1,86 @@
+"""What a suite will cost before it runs, printed by every run and dry run.
+
+CPU estimates are calibrated on the committed records under ``results/`` (measured on the 2-core
+machine): per cell, the median training seconds of the same (method, task, shots), else of the same
+(method, task), else of the family, plus its scoring seconds scaled by the suite's evaluation cap
+against the record's number of evaluated samples, plus :data:`PROCESS_S` for the cell's process
+start. There is no GPU calibration yet: a cuda suite is given its cell count only.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from functools import lru_cache
+
+from benchmarks.registry import ROOT, discover
+
+RESULTS = ROOT / "results"
+PROCESS_S = 10.0    # a cell process's start (imports) before any work, measured 7-12 s here
+MAX_CELLS = 500     # a run past this many cells, or MAX_HOURS estimated, needs --yes
+MAX_HOURS = 24.0
+
+
+@lru_cache(maxsize=1)
+def _calibration() -> dict[tuple, list[tuple[float, float, int]]]:
+    """key -> [(train s, score s, samples scored)] for keys (method, task, shots, tiny), (method, task,
+    tiny) and (family, tiny)."""
+    table: dict[tuple, list] = defaultdict(list)
+    for path in sorted(RESULTS.rglob("records.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            timing = record.get("timing") or {}
+            if record.get("status") != "ok" or record.get("device") != "cpu" or timing.get("score_seconds") is None:
+                continue
+            point = (timing.get("train_seconds") or 0.0, timing["score_seconds"], record.get("n_eval") or 0)
+            tiny = bool(record.get("tiny"))
+            for key in ((record["method"], record["task"], str(record["shots"]), tiny),
+                        (record["method"], record["task"], tiny), (record.get("family"), tiny)):
+                table[key].append(point)
+    return dict(table)
+
+
+def cell_seconds(method: str, task: str, shots, tiny: bool, eval_cap: int | None) -> float | None:
+    """Estimated CPU wall seconds of one cell, or None without a calibration point (tiny subsets are
+    calibrated on tiny records only)."""
+    table, family = _calibration(), discover()[method].family
+    for key in ((method, task, str(shots), tiny), (method, task, tiny), (family, tiny)):
+        if key in table:
+            points = table[key]
+            train = statistics.median(p[0] for p in points)
+            score = statistics.median(p[1] * (eval_cap / p[2] if eval_cap and p[2] else 1.0) for p in points)
+            return PROCESS_S + train + score
+    return None
+
+
+def total_seconds(cells: list, suite) -> tuple[float, int]:
+    """(estimated seconds of the cells that have an estimate, number of cells without one)."""
+    if suite.device != "cpu":
+        return 0.0, len(cells)
+    known, unknown = 0.0, 0
+    tiny = {d.name: d.tiny for d in suite.datasets}
+    for cell in cells:
+        seconds = cell_seconds(cell.method, cell.task, cell.shots, tiny[cell.dataset], suite.budget.eval_cap)
+        if seconds is None:
+            unknown += 1
+        else:
+            known += seconds
+    return known, unknown
+
+
+def describe(cells: list, suite) -> str:
+    """One line: the cell count and the estimated wall time, with how it was estimated."""
+    seconds, unknown = total_seconds(cells, suite)
+    if suite.device != "cpu":
+        return f"{len(cells)} cells on {suite.device}; no GPU cost calibration exists yet"
+    missing = f", {unknown} cells without a calibration point" if unknown else ""
+    return (f"{len(cells)} cells; estimated CPU wall time {seconds / 3600:.1f} h "
+            f"(median of committed 2-core records per method, task and shots{missing})")
+
+
+def needs_confirmation(cells: list, suite) -> bool:
+    seconds, _unknown = total_seconds(cells, suite)
+    return len(cells) > MAX_CELLS or seconds / 3600 > MAX_HOURS

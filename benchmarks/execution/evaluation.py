@@ -1,0 +1,98 @@
+"""The harness's side of a cell once its method is done: the test labels meet the scores here, in a
+process the method never ran in (the executor's), so no method can read them (``CONTRIBUTING.md``,
+"What a method can read").
+
+In order: the scores' contract (:func:`benchmarks.metrics.check_scores`, the one rule conformance
+applies too), batch invariance (the one-by-one latency calls must have returned what the batched call
+returned for the same samples, within the family's tolerance), the metrics, and the per-sample
+scores saved for intervals and paired tests.
+"""
+from __future__ import annotations
+
+import hashlib
+import traceback
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import metrics, records
+from benchmarks.data import canonical, protocols
+from benchmarks.data.cards import load_card
+
+#: |one-by-one - batched| <= tol * (1 + |batched|) per score. Reference and conventional models are
+#: exact up to float32 reduction order; 4-bit LLM paths on CPU compute in bf16 (bitsandbytes
+#: dequantizes NF4 to bf16), and a batch pads prompts to one length, which moves bf16 logits.
+#: Largest differences seen in the ci suite on CPU: 6e-8 (DeepFM), 1.2e-7 (SASRec), 8.3e-5 (iLoRA).
+BATCH_TOLERANCE = {"reference": 1e-6, "conventional": 1e-4, "llm": 5e-3}
+
+
+class BatchInvarianceError(ValueError):
+    """The timed one-by-one calls returned other scores than the batched call."""
+
+
+def frozen_subset(frame: pd.DataFrame, cap: int | None, key: str) -> pd.DataFrame:
+    """At most ``cap`` rows, the same for every method and seed (keyed by the protocol hash)."""
+    if cap is None or len(frame) <= cap:
+        return frame
+    order = np.random.default_rng(int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)).permutation(len(frame))
+    return frame.iloc[np.sort(order[:cap])].reset_index(drop=True)
+
+
+def evaluation_split(protocol: protocols.FrozenProtocol, split: str, cap: int | None) -> pd.DataFrame:
+    """The frozen evaluation subset of ``split`` ("valid" or "test"), labels included."""
+    return frozen_subset(protocol.split(split), cap, f"{protocol.info.hash}/{split}")
+
+
+@lru_cache(maxsize=4)
+def _test_split(dataset: str, tiny: bool, task: str, cap: int | None) -> pd.DataFrame:
+    protocol = protocols.load(canonical.load(dataset, tiny=tiny), task)
+    return evaluation_split(protocol, "test", cap)
+
+
+def error_info(err: BaseException) -> dict:
+    return {"type": type(err).__name__, "message": str(err)[:2000],
+            "traceback": "".join(traceback.format_exception(err))[-4000:]}
+
+
+def check_batch_invariance(scores: np.ndarray, probes: np.ndarray, sample_ids: np.ndarray, family: str) -> dict:
+    """Compare the one-by-one outputs ``probes`` (rows 0..k-1) with the batched ``scores``."""
+    tolerance = BATCH_TOLERANCE[family]
+    batched = scores[: len(probes)]
+    if probes.shape != batched.shape:
+        raise BatchInvarianceError(f"score() of one sample returned shape {probes.shape[1:]} per sample, the "
+                                   f"batched call {batched.shape[1:]}")
+    both_nan = np.isnan(probes) & np.isnan(batched)
+    diff = np.where(both_nan, 0.0, np.nan_to_num(np.abs(probes - batched), nan=np.inf))
+    bound = tolerance * (1 + np.nan_to_num(np.abs(batched)))
+    bad = (diff > bound).reshape(len(probes), -1).any(axis=1)
+    worst = float(diff.max()) if diff.size else 0.0
+    if bad.any():
+        raise BatchInvarianceError(f"the timed one-by-one calls returned other scores than the batched call for "
+                                   f"sample_id {sample_ids[: len(probes)][bad].tolist()}: max |difference| "
+                                   f"{worst:.3g} > {tolerance:g} x (1 + |score|) ({family} tolerance)")
+    return {"samples": int(len(probes)), "max_abs_diff": worst, "tolerance": tolerance}
+
+
+def finish(record: dict, bundle: dict, tiny: bool, eval_cap: int | None, run_dir) -> dict:
+    """``record`` (from the method's process) completed with metrics, or failed with the reason.
+
+    ``bundle`` holds what the method's process scored: ``sample_id``, ``score`` (batched) and
+    ``probe`` (the one-by-one outputs, stacked).
+    """
+    if record.get("status") != "ok":
+        return record
+    try:
+        test = _test_split(record["dataset"], tiny, record["task"], eval_cap)
+        if not np.array_equal(bundle["sample_id"], test["sample_id"].to_numpy()):
+            raise ValueError("the scored samples are not the frozen test samples (sample_id differ)")
+        n_candidates = load_card(record["dataset"]).protocols[record["task"]].get("n_candidates")
+        scores = metrics.check_scores(record["task"], bundle["score"], len(test), n_candidates)
+        probes = metrics.check_scores(record["task"], bundle["probe"], len(bundle["probe"]), n_candidates)
+        record["batch_check"] = check_batch_invariance(scores, probes, bundle["sample_id"], record["family"])
+        labels = test["label"].to_numpy()
+        record["metrics"] = metrics.compute(record["task"], labels, scores)
+        records.save_scores(run_dir, record["cell"], bundle["sample_id"], labels, scores)
+    except Exception as err:  # noqa: BLE001 - a failed check is the cell's failure, the suite goes on
+        record.update(status="failed", metrics={}, error=error_info(err))
+    return record

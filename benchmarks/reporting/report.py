@@ -1,0 +1,88 @@
+"""Everything a run folder shows a person, rendered from ``records.jsonl`` alone (so a report can be
+rebuilt for any run folder: ``python -m benchmarks.reporting.report RUN_DIR``)."""
+from __future__ import annotations
+
+import json
+import sys
+from html import escape as html_escape
+from pathlib import Path
+
+from benchmarks import records
+from benchmarks.reporting import html_report, plots, published, stats, tables
+
+CI_NOTE = (f"Values: mean ± std over seeds; in brackets the 95% bootstrap interval over test samples "
+           f"({stats.N_RESAMPLES} resamples, seed {stats.SEED}; AUC is recomputed over each resample's pairs).")
+PAIRED_NOTE = ("Paired bootstrap on the same test samples and resamples: the best method of each setting by "
+               f"its primary metric ({', '.join(f'{t}: {m}' for t, m in stats.PRIMARY_METRIC.items())}) against "
+               "every other; P(A better) counts ties as one half.")
+PUBLISHED_NOTE = ("Published numbers (results/paper/*.yaml) beside the measured group with the same dataset, task, "
+                  "method and shots. Δ is shown only where the run meets the paper's setting (comparable); "
+                  "otherwise the measured value is in parentheses and the unmet conditions are listed.")
+
+
+def _not_in_run(comparisons: list[published.Comparison]) -> str:
+    """One line per paper and (dataset, task) that the run did not measure, with the reason."""
+    seen = sorted({(c.published.paper["id"], c.published.dataset, c.published.task, c.reasons[0]) for c in comparisons})
+    return "\n".join(f"- {paper}: {dataset}/{task}: {reason}" for paper, dataset, task, reason in seen)
+
+
+def write_reports(run_dir: Path) -> str:
+    """Write into ``run_dir``: accuracy, latency and paper-style tables as markdown (``.md``) and LaTeX
+    (``.tex``), ``summary.csv`` and ``latency.csv``, the plot ``accuracy_vs_cost.png`` and the
+    self-contained ``report.html``. Return the text to print (accuracy and latency)."""
+    recs = list(records.latest_by_cell(records.read(run_dir / "records.jsonl")).values())
+    saved = json.loads((run_dir / "suite.json").read_text())
+    suite = saved["suite"]
+    tiny = any(d.get("tiny") for d in suite["datasets"])
+    header = f"Suite `{suite['name']}` v{suite['version']}. {tables.caps_line(suite['budget'], tiny)}."
+    groups = tables.group_records(recs)
+    run_stats = stats.run_statistics(run_dir, groups)
+    intervals = run_stats.intervals
+    comparisons = published.compare(published.load_all(), groups)
+    measured_settings = {(key[0], key[1]) for key in groups}
+    shown = [c for c in comparisons if (c.published.dataset, c.published.task) in measured_settings]
+    elsewhere = [c for c in comparisons if (c.published.dataset, c.published.task) not in measured_settings]
+
+    def accuracy_text(fmt: str) -> str:
+        text = (f"{tables.accuracy_table(recs, fmt, intervals)}\n\n{tables.heading('paired comparisons', fmt)}"
+                f"{tables.paired_table(run_stats.paired, fmt)}\n\n"
+                f"{tables.heading('LLM against conventional (best of each family, any shots)', fmt)}"
+                f"{tables.llm_vs_conventional_table(run_stats.llm_vs_conventional, fmt)}\n")
+        failed = tables.failures(recs, fmt)
+        return text + (f"\n{failed}\n" if failed else "")
+
+    def paper_text(fmt: str) -> str:
+        return (f"{tables.paper_style_table(recs, fmt)}\n\n{tables.heading('published vs measured', fmt)}"
+                f"{tables.published_table(shown, fmt, intervals)}\n")
+
+    latency_note = ("Latency: batch size 1 after warm-up; samples/s at the suite batch size; peak memory per "
+                    "cell process.")
+    accuracy = f"## Accuracy\n\n{header} {CI_NOTE} {PAIRED_NOTE}\n\n{accuracy_text('github')}"
+    latency = f"## Latency and cost\n\n{header} {latency_note}\n\n{tables.latency_table(recs)}\n"
+    paper = (f"## Paper-style table\n\n{header} Seed means (± std); the best of each column in bold. "
+             f"{PUBLISHED_NOTE}\n\n{paper_text('github')}"
+             + (f"\nPublished numbers not measured in this run:\n\n{_not_in_run(elsewhere)}\n" if elsewhere else ""))
+    (run_dir / "accuracy.md").write_text(accuracy)
+    (run_dir / "latency.md").write_text(latency)
+    (run_dir / "paper_table.md").write_text(paper)
+    (run_dir / "accuracy.tex").write_text(accuracy_text("latex"))
+    (run_dir / "latency.tex").write_text(tables.latency_table(recs, "latex") + "\n")
+    (run_dir / "paper_table.tex").write_text(paper_text("latex"))
+    tables.write_summary_csv(recs, run_dir / "summary.csv", intervals)
+    tables.write_latency_csv(recs, run_dir / "latency.csv")
+    figure = plots.accuracy_cost_figure(plots.points(groups, intervals), run_dir / "accuracy_vs_cost.png",
+                                        title=f"{saved.get('run_id', run_dir.name)}: accuracy against cost")
+    plain_header = header.replace("`", "")
+    html_report.write_html(run_dir, f"llmrec-bench run {saved.get('run_id', run_dir.name)}", plain_header, [
+        ("Accuracy", f'<p class="note">{html_escape(CI_NOTE)} {html_escape(PAIRED_NOTE)}</p>\n{accuracy_text("html")}'),
+        ("Paper-style table and published numbers",
+         f'<p class="note">{html_escape(PUBLISHED_NOTE)}</p>\n{paper_text("html")}'
+         + (f'<p class="note">Published numbers not measured in this run:</p>\n'
+            f"<pre>{html_escape(_not_in_run(elsewhere))}</pre>" if elsewhere else "")),
+        ("Latency and cost", f'<p class="note">{html_escape(latency_note)}</p>\n{tables.latency_table(recs, "html")}'),
+    ], figure)
+    return f"{accuracy}\n{latency}"
+
+
+if __name__ == "__main__":
+    print(write_reports(Path(sys.argv[1])))

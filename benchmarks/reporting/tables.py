@@ -1,0 +1,272 @@
+"""Accuracy and latency tables from records (tabulate), plus ``summary.csv`` and ``latency.csv``.
+
+Rows are (dataset, protocol, method, shots); values are mean ± std over seeds (std over seeds, ddof=1,
+shown only with 2+ seeds), followed by the bootstrap 95% interval over test samples in brackets when
+the run's score files give one (:mod:`benchmarks.reporting.stats`). Column headers carry ↑/↓ from the metric
+registry. The header line states the suite's caps so a capped run is never mistaken for the full
+protocol. Every table renders as GitHub markdown (``tablefmt="github"``), LaTeX (``"latex"``) or HTML
+(``"html"``); cells are escaped for the format and :class:`Bold` cells are set in bold.
+"""
+from __future__ import annotations
+
+import csv
+import html
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+from benchmarks.metrics import METRICS, REPORTED
+from benchmarks.reporting.stats import Interval, mean_std, shots_order
+
+GROUP = ("dataset", "task", "method", "shots")
+
+#: the compact paper-style table's columns per task (what the papers report)
+PAPER_METRICS = {"ctr": ("auc", "logloss"), "next_item": ("hr@1", "valid_ratio")}
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SYMBOLS = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "≥": r"$\geq$",
+                  "−": r"$-$"}
+
+
+class Bold(str):
+    """A table cell shown in bold (``**x**``, ``\\textbf{x}``, ``<b>x</b>``)."""
+
+
+def _cell(text: object, tablefmt: str) -> str:
+    value = str(text)
+    if tablefmt == "latex":
+        value = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in value)
+        for symbol, command in _LATEX_SYMBOLS.items():
+            value = value.replace(symbol, command)
+        return rf"\textbf{{{value}}}" if isinstance(text, Bold) else value
+    if tablefmt == "html":
+        value = html.escape(value)
+        return f"<b>{value}</b>" if isinstance(text, Bold) else value
+    return f"**{value}**" if isinstance(text, Bold) and tablefmt == "github" else value
+
+
+def render(rows: list[list], headers: list[str], tablefmt: str = "github") -> str:
+    """One table in ``tablefmt``: "github", "latex" or "html" (cells escaped), or any tabulate format."""
+    fmt = {"latex": "latex_raw", "html": "unsafehtml"}.get(tablefmt, tablefmt)
+    body = [[_cell(c, tablefmt) for c in row] for row in rows]
+    return tabulate(body, headers=[_cell(h, tablefmt) for h in headers], tablefmt=fmt, disable_numparse=True)
+
+
+def heading(text: str, tablefmt: str = "github") -> str:
+    """A sub-heading above a table: ``### text`` (markdown), a LaTeX comment, or ``<h3>``."""
+    if tablefmt == "latex":
+        return f"% {text}\n"
+    if tablefmt == "html":
+        return f"<h3>{html.escape(text)}</h3>\n"
+    return f"### {text}\n\n"
+
+
+def group_records(records: list[dict]) -> dict[tuple, list[dict]]:
+    """Finished records by (dataset, task, method, shots) as strings, in sorted order."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("status") == "ok":
+            groups[tuple(str(r[k]) for k in GROUP)].append(r)
+    return dict(sorted(groups.items(), key=lambda kv: (*kv[0][:3], shots_order(kv[0][3]))))
+
+
+def fmt(mean: float, std: float | None, digits: int = 4) -> str:
+    if mean is None or np.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def caps_line(budget: dict, tiny: bool) -> str:
+    caps = [f"{k}={budget[k]}" for k in ("eval_cap", "valid_cap", "max_epochs") if budget.get(k) is not None]
+    parts = (["tiny user subset"] if tiny else []) + caps
+    return "Caps: " + (", ".join(parts) if parts else "none (full protocol)")
+
+
+def arrow(name: str) -> str:
+    """The metric's name with ↑ (higher is better) or ↓."""
+    return f"{name} {'↑' if METRICS[name].higher_is_better else '↓'}"
+
+
+def ci_text(interval: Interval | None, digits: int = 3) -> str:
+    """`` [low, high]`` of a bootstrap interval, or "" when there is none."""
+    if interval is None or np.isnan(interval.low):
+        return ""
+    return f" [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+
+
+def accuracy_table(records: list[dict], tablefmt: str = "github",
+                   intervals: dict[tuple, dict[str, Interval]] | None = None) -> str:
+    """Per task: mean ± std over seeds of every reported metric, with the 95% bootstrap interval over
+    test samples in brackets where ``intervals`` (group key -> metric -> Interval) has one."""
+    out = []
+    groups = group_records(records)
+    intervals = intervals or {}
+    for task, names in REPORTED.items():
+        rows = []
+        for key, rs in groups.items():
+            if key[1] != task:
+                continue
+            row = list(key[:1]) + list(key[2:]) + [len(rs)]
+            for name in names:
+                row.append(fmt(*mean_std([r["metrics"].get(name) for r in rs]))
+                           + ci_text(intervals.get(key, {}).get(name)))
+            rows.append(row)
+        if rows:
+            headers = ["dataset", "method", "shots", "seeds"] + [arrow(n) for n in names]
+            out.append(heading(task, tablefmt) + render(rows, headers, tablefmt))
+    return "\n\n".join(out)
+
+
+def rate(mean: float, std: float | None) -> str:
+    """A rate with three significant figures and an SI suffix (1.23k, 4.56M)."""
+    if mean is None or np.isnan(mean):
+        return "-"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")):
+        if abs(mean) >= div or div == 1:
+            text = f"{mean / div:.3g}{suffix}"
+            return text + (f" ± {std / div:.2g}{suffix}" if std is not None else "")
+    return "-"
+
+
+def _count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else str(n)
+
+
+def latency_table(records: list[dict], tablefmt: str = "github") -> str:
+    rows = []
+    for key, rs in group_records(records).items():
+        t = [r["timing"] for r in rs]
+        params = rs[0].get("parameters") or {}
+        backbone = rs[0].get("backbone") or {}
+        rows.append([
+            key[0], key[1], key[2], key[3],
+            fmt(*mean_std([x["train_seconds"] for x in t]), 1),
+            rate(*mean_std([x["train_samples_per_s"] for x in t])),
+            fmt(*mean_std([x["latency_p50_ms"] for x in t]), 1),
+            fmt(*mean_std([x["latency_p95_ms"] for x in t]), 1),
+            f"{rate(*mean_std([x['throughput_samples_per_s'] for x in t]))} @{t[0]['batch_size']}",
+            fmt(*mean_std([x["peak_memory_mb"] for x in t]), 0),
+            f"{_count(params.get('trainable'))} / {_count(params.get('total'))}" if params else "-",
+            f"{backbone.get('id', '')} {backbone.get('quant', '')}".strip() or "-",
+        ])
+    headers = ["dataset", "task", "method", "shots", "train s", "train samples/s", "p50 ms (bs1)",
+               "p95 ms (bs1)", "samples/s", "peak MiB", "trainable / total params", "backbone"]
+    return render(rows, headers, tablefmt) if rows else "(no finished cells)"
+
+
+def failures(records: list[dict], tablefmt: str = "github") -> str:
+    failed = [r for r in records if r.get("status") != "ok"]
+    if not failed:
+        return ""
+    rows = [[r["cell"], r["error"]["type"], (r["error"]["message"] or "\n").splitlines()[0][:120]] for r in failed]
+    return heading("failed cells", tablefmt) + render(rows, ["cell", "error", "message"], tablefmt)
+
+
+def write_summary_csv(records: list[dict], path: Path,
+                      intervals: dict[tuple, dict[str, Interval]] | None = None) -> None:
+    """One row per (group, metric): mean, std over seeds, seeds, and the bootstrap interval (``ci_low``,
+    ``ci_high``, ``n_samples``; empty without score files)."""
+    intervals = intervals or {}
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*GROUP, "metric", "mean", "std", "seeds", "ci_low", "ci_high", "n_samples"])
+        for key, rs in group_records(records).items():
+            for name in REPORTED[key[1]]:
+                mean, std = mean_std([r["metrics"].get(name) for r in rs])
+                ci = intervals.get(key, {}).get(name)
+                writer.writerow([*key, name, mean, "" if std is None else std, len(rs),
+                                 *(("", "", "") if ci is None else (ci.low, ci.high, ci.n))])
+
+
+LATENCY_COLUMNS = ("train_seconds", "train_samples_per_s", "latency_p50_ms", "latency_p95_ms",
+                   "throughput_samples_per_s", "peak_memory_mb")
+
+
+def write_latency_csv(records: list[dict], path: Path) -> None:
+    """One row per group: mean and std over seeds of every timing field, plus batch size and parameters."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*GROUP, "seeds", *(f"{c}_{s}" for c in LATENCY_COLUMNS for s in ("mean", "std")),
+                         "batch_size", "trainable_params", "total_params"])
+        for key, rs in group_records(records).items():
+            values = []
+            for column in LATENCY_COLUMNS:
+                mean, std = mean_std([r["timing"].get(column) for r in rs])
+                values += [mean, "" if std is None else std]
+            params = rs[0].get("parameters") or {}
+            writer.writerow([*key, len(rs), *values, rs[0]["timing"].get("batch_size"),
+                             params.get("trainable", ""), params.get("total", "")])
+
+
+def paper_style_table(records: list[dict], tablefmt: str = "github") -> str:
+    """Methods as rows, (dataset, task) x metric as columns (``PAPER_METRICS``), seed means, the best
+    value of each column in bold."""
+    groups = group_records(records)
+    columns = sorted({(k[0], k[1], m) for k in groups for m in PAPER_METRICS[k[1]]})
+    rows_by_method: dict[tuple, dict] = defaultdict(dict)
+    for key, rs in groups.items():
+        for name in PAPER_METRICS[key[1]]:
+            rows_by_method[(key[2], key[3])][(key[0], key[1], name)] = mean_std([r["metrics"].get(name) for r in rs])
+    best = {}
+    for column in columns:
+        values = [cells[column][0] for cells in rows_by_method.values()
+                  if column in cells and not np.isnan(cells[column][0])]
+        if values:
+            best[column] = max(values) if METRICS[column[2]].higher_is_better else min(values)
+    rows = []
+    for (method, shots), cells in sorted(rows_by_method.items(), key=lambda kv: (kv[0][0], shots_order(kv[0][1]))):
+        row = [method if shots == "full" else f"{method} ({shots} shots)"]
+        for column in columns:
+            mean, std = cells.get(column, (float("nan"), None))
+            text = fmt(mean, std)
+            row.append(Bold(text) if column in best and mean == best[column] else text)
+        rows.append(row)
+    headers = ["method"] + [f"{d} {t} {arrow(m)}" for d, t, m in columns]
+    return render(rows, headers, tablefmt) if rows else "(no finished cells)"
+
+
+def paired_table(comparisons: list, tablefmt: str = "github", a_header: str = "A (best)", b_header: str = "B",
+                 empty: str = "(fewer than two methods per task: nothing to compare)") -> str:
+    """Paired bootstraps (``stats.PairedRow``): Δ = A − B on the full test set, its 95% interval, and
+    P(A better); by default the best method of each (dataset, task, shots) against every other one."""
+    rows = [[c.dataset, c.task, c.shots, c.a, c.b, arrow(c.result.metric), f"{c.result.delta:+.4f}",
+             f"[{c.result.low:+.4f}, {c.result.high:+.4f}]", f"{c.result.p_a_better:.3f}", c.result.n]
+            for c in comparisons]
+    headers = ["dataset", "task", "shots", a_header, b_header, "metric", "Δ = A − B", "95% CI of Δ", "P(A better)",
+               "n"]
+    return render(rows, headers, tablefmt) if rows else empty
+
+
+def llm_vs_conventional_table(comparisons: list, tablefmt: str = "github") -> str:
+    """The benchmark's question per (dataset, task): the best LLM method against the best conventional
+    one, whatever their shots, on the same test samples."""
+    return paired_table(comparisons, tablefmt, "A: best LLM", "B: best conventional",
+                        "(no task of this run has both an LLM and a conventional method)")
+
+
+def published_table(comparisons: list, tablefmt: str = "github",
+                    intervals: dict[tuple, dict[str, Interval]] | None = None) -> str:
+    """Published numbers (``published.Comparison``) beside the measured group they line up with. Δ is
+    shown only where the setting is comparable; otherwise the measured value is in parentheses and the
+    protocol column lists every unmet condition."""
+    intervals = intervals or {}
+    rows = []
+    for c in comparisons:
+        p = c.published
+        paper = "-" if p.value is None else f"{p.value:.4f}"
+        measured, delta = "-", "-"
+        if c.measured:
+            mean, std = mean_std([r["metrics"].get(p.metric) for r in c.measured])
+            measured = fmt(mean, std) + ci_text(intervals.get(p.key, {}).get(p.metric))
+            if c.comparable:
+                delta = f"{mean - p.value:+.4f}"
+        verdict = "comparable" if c.comparable else "not comparable: " + "; ".join(c.reasons)
+        rows.append([p.paper["id"], p.dataset, p.task, p.method, p.shots, arrow(p.metric), f"{paper} ({p.status})",
+                     measured if c.comparable or not c.measured else f"({measured})", delta, verdict])
+    headers = ["paper", "dataset", "task", "method", "shots", "metric", "paper", "measured", "Δ", "protocol"]
+    return render(rows, headers, tablefmt) if rows else "(no published numbers)"
