@@ -11,9 +11,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_suite(*args: str, out: Path, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
-    """``python -m benchmarks.run ARGS --out OUT`` in a fresh process, from the repository root."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", *args, "--out", str(out)], cwd=ROOT,
+def run_suite(*args: str, out: Path | None, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.run ARGS --out OUT`` in a fresh process, from the repository root (no
+    ``--out`` when ``out`` is None: a ``--resume`` takes the run's own folder)."""
+    flags = ["--out", str(out)] if out is not None else []
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", *args, *flags], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"benchmarks.run {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

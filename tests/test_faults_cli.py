@@ -195,10 +195,9 @@ def copy_run(run_dir: Path, tmp_path: Path) -> Path:
 
 def test_a_second_process_cannot_use_a_locked_run_folder(pop_run, tmp_path, capsys):
     run_dir = copy_run(pop_run, tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", f"import time; from pathlib import Path; "
-                               f"from benchmarks import run_folder\nwith run_folder.locked(Path({str(run_dir)!r})):"
-                               f"\n    print('held', flush=True); time.sleep(60)"], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True)
+    code = (f"import time; from pathlib import Path; from benchmarks.execution import run_folder\n"
+            f"with run_folder.locked(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         assert main(["--resume", str(run_dir)]) == 2

@@ -107,8 +107,8 @@ def test_the_25m_benchmark_archive_is_in_the_format_the_loader_reads(tmp_path):
 
 @pytest.mark.slow
 def test_the_25m_benchmark_runs_end_to_end_on_a_small_table(tmp_path, capsys):
-    from benchmarks.perf import bench_prepare_25m
+    from benchmarks.perf import prepare_25m
 
-    assert bench_prepare_25m.main(["--rows", "30000", "--workdir", str(tmp_path)]) == 0
+    assert prepare_25m.main(["--rows", "30000", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "30,000 ratings prepared" in out and out.count('"stage"') == 3
