@@ -42,8 +42,8 @@ MARKS = (
     ("benchmarks.execution.timing", "_score_one_by_one", "latency probes (batch 1)"),
     ("benchmarks.execution.timing", "timed_score", "scoring (batched)"),
 )
-#: inside scoring, the scorers' own time is scoring, not validation
-INSIDE_SCORING = {"validation scoring": "scoring (batched)", "prompts + tokenization": "prompts + tokenization"}
+#: phases that a scorer's or prompt builder's work belongs to when they run inside them
+SCORING_PHASES = ("latency probes (batch 1)", "scoring (batched)")
 
 
 class PhaseClock:
@@ -70,10 +70,12 @@ class PhaseClock:
         self._sampler.join()
 
     def phase_of(self, phase: str) -> str:
-        inside_scoring = any(p == "scoring (batched)" or p.startswith("latency") for p, _, _ in self.stack)
-        if inside_scoring and phase in INSIDE_SCORING:
-            return f"{INSIDE_SCORING[phase]}{' (scoring)' if phase.startswith('prompts') else ''}"
-        return phase
+        """``phase``, or inside the latency probes or the batched scoring, that scoring phase (a
+        scorer's time there is scoring, not validation; prompts built there are marked as such)."""
+        outer = next((p for p, _, _ in reversed(self.stack) if p in SCORING_PHASES), None)
+        if outer is None or phase not in ("validation scoring", "prompts + tokenization"):
+            return phase
+        return outer if phase == "validation scoring" else "prompts + tokenization (scoring)"
 
     def wrap(self, fn, phase: str):
         @functools.wraps(fn)
