@@ -263,6 +263,15 @@ def test_resume_of_a_corrupt_run_folder_gets_one_line(pop_run, tmp_path, capsys,
     assert fragment in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_resume_refuses_a_clean_tree_at_another_commit():
+    saved = {"run_id": "r", "source": "s", "suite_hash": "h", "code": {"commit": "a" * 40, "dirty": False}}
+    later = {"git_commit": "b" * 40, "git_dirty": False}
+    with pytest.raises(run_folder.RunFolderError, match="the code changed since this run started"):
+        run_folder.check_resume(saved, "h", set(), [], {}, {}, later, allow_mixed=False)
+    run_folder.check_resume(saved, "h", set(), [], {}, {}, later, allow_mixed=True)
+    run_folder.check_resume(saved, "h", set(), [], {}, {}, {**later, "git_dirty": True}, allow_mixed=False)
+
+
 def test_an_edited_suite_json_is_refused(pop_run, tmp_path, capsys):
     run_dir = copy_run(pop_run, tmp_path)
     saved = json.loads((run_dir / "suite.json").read_text())

@@ -44,6 +44,10 @@ def test_records_carry_what_reproduces_them(ci_records):
         t = r["timing"]
         assert t["train_seconds"] >= 0 and t["latency_p50_ms"] > 0 and t["peak_memory_mb"] > 0
         assert t["latency_p95_ms"] >= t["latency_p50_ms"]
+        assert 0 < t["fit_peak_memory_mb"] <= t["score_peak_memory_mb"] <= t["peak_memory_mb"]  # CPU: cumulative
+        assert r["isolation"]["mechanism"] == "landlock" and r["batch_check"]["samples"] >= 1
+        assert r["provenance"]["kind"] == "in-tree" and len(r["provenance"]["sha256"]) == 64
+        assert r["data_quality"]["lines_read"] > 0
         assert r["host"]["cpu_affinity"] >= 1 and r["host"]["load_1m"] >= 0
         if r["family"] != "reference":  # these load torch: its threads and kernels are on record
             assert r["host"]["torch_threads"] >= 1 and r["host"]["cpu_capability"]

@@ -154,7 +154,7 @@ def _check_parsed(inter: pd.DataFrame, fmt: str) -> None:
     for mask, why, _ in value_problems(inter["rating"], inter["timestamp"]):
         if mask.any():
             raise ValueError(f"the '{fmt}' parser kept {int(mask.sum())} interactions where {why}: a bug in "
-                             f"benchmarks/formats (its readers must record such lines as bad)")
+                             f"benchmarks/data/formats (its readers must record such lines as bad)")
 
 
 def build(card: Card, tiny: bool = False) -> CanonicalData:

@@ -8,6 +8,10 @@
        the scores the metrics are computed from.
 * Memory: on CUDA the allocator peak (``torch.cuda.max_memory_allocated``); on CPU the process peak
   RSS (``ru_maxrss``). Each cell runs in its own process, so the process peak is the cell's peak.
+  Per phase: ``fit_peak_memory_mb`` is the peak through the end of ``fit``; ``score_peak_memory_mb``
+  the peak of scoring alone on CUDA (the allocator's peak is reset after ``fit``), and on CPU the
+  process peak through the end of scoring (RSS peaks cannot be reset), so a CPU score peak above the
+  fit peak was reached while scoring.
 """
 from __future__ import annotations
 
@@ -50,6 +54,8 @@ class Timing:
     score_seconds: float | None = None
     batch_size: int = 0
     peak_memory_mb: float | None = None
+    fit_peak_memory_mb: float | None = None
+    score_peak_memory_mb: float | None = None
     memory_kind: str = ""
 
     def as_dict(self) -> dict:
@@ -64,6 +70,8 @@ def timed_fit(method, data, device: str, timing: Timing, trains: bool = True) ->
     method.fit(data)
     synchronize(device)
     timing.train_seconds = time.perf_counter() - start
+    timing.fit_peak_memory_mb = peak_memory_mb(device)[0]
+    reset_peak_memory(device)
     timing.train_samples = len(data.train) if trains else 0
     timing.train_samples_per_s = timing.train_samples / timing.train_seconds \
         if trains and timing.train_seconds > 0 else None
@@ -100,8 +108,12 @@ def timed_score(method, samples: pd.DataFrame, device: str, batch_size: int, war
     timing.score_seconds = time.perf_counter() - start
     timing.batch_size = batch_size
     timing.throughput_samples_per_s = len(samples) / timing.score_seconds if timing.score_seconds > 0 else None
+    timing.score_peak_memory_mb = peak_memory_mb(device)[0]
     return (np.concatenate(chunks) if chunks else np.zeros(0)), warm_outputs + timed_outputs
 
 
 def record_memory(device: str, timing: Timing) -> None:
+    """The cell's peak: the process's on CPU; on CUDA the larger of the two phases' allocator peaks."""
     timing.peak_memory_mb, timing.memory_kind = peak_memory_mb(device)
+    if device.startswith("cuda"):
+        timing.peak_memory_mb = max(p for p in (timing.peak_memory_mb, timing.fit_peak_memory_mb) if p is not None)
