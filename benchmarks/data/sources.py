@@ -36,7 +36,9 @@ class ResolvedSource:
     sha256: dict[str, str]  # of what was actually read
 
 
-def _folder(location: str) -> Path:
+def source_folder(location: str) -> Path:
+    """The folder a card's ``location`` names: ``package:<pkg>/<sub>`` inside an installed package,
+    ``raw:<path>`` under the cache's ``raw/`` (the folder of the named file)."""
     kind, _, rest = location.partition(":")
     if kind == "package":
         package, _, sub = rest.partition("/")
@@ -89,7 +91,7 @@ def resolve(card: Card, allow_download: bool | None = None) -> ResolvedSource:
         allow_download = os.environ.get("LLMREC_BENCH_OFFLINE", "") not in ("1", "true")
     wanted = []
     for source in card.sources:
-        folder = _folder(source.location)
+        folder = source_folder(source.location)
         paths = {name: folder / name for name in source.files}
         urls = _urls(source)
         missing = [name for name, path in paths.items() if not path.exists()]

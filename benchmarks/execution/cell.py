@@ -65,7 +65,7 @@ def seed_everything(seed: int, family: str, device: str = "cpu") -> None:
 
 def _source_folders() -> list[Path]:
     """Where every dataset card's raw files lie (a method reads none of them)."""
-    return [sources._folder(source.location) for name in known_cards() for source in load_card(name).sources]
+    return [sources.source_folder(source.location) for name in known_cards() for source in load_card(name).sources]
 
 
 def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bool) -> tuple[records.CellRecord, dict]:
