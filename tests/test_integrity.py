@@ -192,3 +192,41 @@ def test_one_rule_for_next_item_rows(scores, ok):
     else:
         with pytest.raises(ValueError):
             metrics.check_scores("next_item", scores, 2, 2)
+
+
+def test_a_confined_method_can_use_library_caches_made_on_a_fresh_home(tmp_path):
+    """On a new machine ~/.cache/huggingface does not exist yet, and ~/.cache holds the benchmark's
+    cache: a folder the method's libraries create there after confinement would be unreadable."""
+    source = '''
+import os
+from pathlib import Path
+import numpy as np
+from benchmarks.registry import register_method
+
+@register_method("hf-cache-user", tasks=("ctr",), family="reference", trains=False)
+class HfCacheUser:
+    def __init__(self, config, ctx):
+        pass
+    def fit(self, data):
+        path = Path(os.environ["HOME"]) / ".cache" / "huggingface" / "datasets" / "lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+        assert path.read_text() == "x"
+    def score(self, samples):
+        return np.full(len(samples), 0.5)
+    def parameter_counts(self):
+        return None
+'''
+    env = plugin_env(tmp_path, "llmrec_hf_cache", source, {"hf-cache-user": "llmrec_hf_cache:HfCacheUser"})
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**env, "HOME": str(home)}
+    env.pop("LLMREC_BENCH_CACHE", None)
+    env.pop("HF_HOME", None)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite", "ci", "--methods", "hf-cache-user",
+                           "--out", str(tmp_path / "runs")], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (record,) = read_records(only_run_dir(tmp_path / "runs"))
+    assert record["status"] == "ok" and record["isolation"]["mechanism"] == "landlock"
+    assert (home / ".cache" / "llmrec-bench" / "protocols").is_dir()  # the cache is beside it, denied

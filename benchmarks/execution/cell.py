@@ -147,12 +147,21 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
     return record, bundle
 
 
+def _library_caches() -> list[Path]:
+    """The caches the method's libraries write and read back (Hugging Face, torch, matplotlib)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return [Path(os.environ.get(name) or base / default)
+            for name, default in (("HF_HOME", "huggingface"), ("TORCH_HOME", "torch"), ("MPLCONFIGDIR", "matplotlib"))]
+
+
 def _confine(run_dir: Path, workdir: Path) -> dict:
     """Close this process's routes to labels: the environment's cache path, temp files outside the
     workdir, and (through Landlock) every file that holds answers."""
     os.environ.pop(ENV_VAR, None)
     os.environ["TMPDIR"] = str(workdir)
     tempfile.tempdir = str(workdir)
+    for folder in _library_caches():  # a folder made after confinement beside a denied one is unreadable
+        folder.mkdir(parents=True, exist_ok=True)
     confined = sandbox.confine(sandbox.label_paths(cache_root(), _source_folders(), run_dir, workdir))
     return {**confined, "denied": sandbox.DENIED}
 

@@ -4,10 +4,11 @@ that holds answers, using Linux's Landlock (kernel 5.13+, no root needed).
 Landlock rules grant rights beneath a folder; there is no "deny". So :func:`confine` grants reading
 everywhere except beneath the denied paths: for every folder on the way from ``/`` to a denied path
 it grants listing only (file names, not contents), and to every other entry of that folder it grants
-reading. What the process can still read afterwards is what existed when it confined itself (new
-files appear only in folders that were granted, such as the cell's workdir, where ``TMPDIR`` points);
-writes are not restricted. The restriction is inherited by every process the method starts, and it
-also forbids tracing or reading the memory of processes outside it.
+reading. A file or folder made later directly inside one of those listed-only folders cannot be read
+back, so the cell creates its workdir (where ``TMPDIR`` points) and the libraries' caches (Hugging
+Face, torch, matplotlib) before it confines itself; writes are not restricted. The restriction is
+inherited by every process the method starts, and it also forbids tracing or reading the memory of
+processes outside it.
 
 What is denied (see :func:`label_paths`): the cache's ``raw/``, ``tables/`` and ``protocols/``, every
 dataset card's source folder, the whole run folder except the cell's workdir, and the process's own
