@@ -43,10 +43,10 @@ def _calibration() -> dict[tuple, list[tuple[float, float, int]]]:
     return dict(table)
 
 
-def cell_seconds(method: str, task: str, shots, tiny: bool, eval_cap: int | None) -> float | None:
+def cell_seconds(method: str, family: str, task: str, shots, tiny: bool, eval_cap: int | None) -> float | None:
     """Estimated CPU wall seconds of one cell, or None without a calibration point (tiny subsets are
     calibrated on tiny records only)."""
-    table, family = _calibration(), discover()[method].family
+    table = _calibration()
     for key in ((method, task, str(shots), tiny), (method, task, tiny), (family, tiny)):
         if key in table:
             points = table[key]
@@ -62,8 +62,10 @@ def total_seconds(cells: list, suite) -> tuple[float, int]:
         return 0.0, len(cells)
     known, unknown = 0.0, 0
     tiny = {d.name: d.tiny for d in suite.datasets}
+    registered = discover()
     for cell in cells:
-        seconds = cell_seconds(cell.method, cell.task, cell.shots, tiny[cell.dataset], suite.budget.eval_cap)
+        seconds = cell_seconds(cell.method, registered[cell.method].family, cell.task, cell.shots,
+                               tiny[cell.dataset], suite.budget.eval_cap)
         if seconds is None:
             unknown += 1
         else:
@@ -76,6 +78,8 @@ def describe(cells: list, suite) -> str:
     seconds, unknown = total_seconds(cells, suite)
     if suite.device != "cpu":
         return f"{len(cells)} cells on {suite.device}; no GPU cost calibration exists yet"
+    if unknown == len(cells):
+        return f"{len(cells)} cells; no CPU cost estimate (no committed 2-core record calibrates these cells)"
     missing = f", {unknown} cells without a calibration point" if unknown else ""
     return (f"{len(cells)} cells; estimated CPU wall time {seconds / 3600:.1f} h "
             f"(median of committed 2-core records per method, task and shots{missing})")
