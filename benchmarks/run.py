@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "trains (replaces the suite's; a few-shot curve with the baselines alike)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the suite's)")
     p.add_argument("--llm", help="backbone for LLM methods: a Hugging Face id or a local path")
-    p.add_argument("--quant", choices=["nf4", "none"], help="backbone quantization (default: the suite's, nf4)")
+    p.add_argument("--quant", choices=suites.QUANTS, help="backbone quantization (default: the suite's, nf4)")
     p.add_argument("--executor", default="local", help="how cells run: local (default) or ray (one Ray task per cell)")
     p.add_argument("--ray-address", help="--executor ray: the cluster's head, HOST:PORT or auto "
                                          "(default: $RAY_ADDRESS, else a private Ray instance on this machine)")
@@ -170,22 +170,6 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _suite_path(name_or_path: str) -> Path:
-    """The file ``--suite`` names: a path to a YAML file, or a name in benchmarks/suites/."""
-    try:
-        path = Path(name_or_path)
-        if path.is_dir():
-            raise CliError(f"--suite {name_or_path}: a folder; give a suite name or a YAML file")
-        if path.is_file():
-            return path
-        path = suites.SUITES_DIR / f"{name_or_path}.yaml"
-        if path.is_file():
-            return path
-    except OSError as err:  # e.g. a name longer than the file system allows
-        raise CliError(f"--suite: cannot use {name_or_path[:80]!r} ({err.strerror})") from None
-    raise CliError(str(registry.did_you_mean("suite", name_or_path, suites.known_suites())))
-
-
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     os.environ[ENV_VAR] = str(cache_location())  # resolved once, here: cells inherit the absolute path
@@ -205,7 +189,7 @@ def _main(argv: list[str] | None) -> int:
         saved = run_folder.read_suite_file(run_dir)
         suite, source, run_id = suites.parse(saved["suite"], saved["source"]), saved["source"], saved["run_id"]
     else:
-        path = _suite_path(args.suite or "quick")
+        path = suites.suite_path(args.suite or "quick")
         raw = apply_overrides(suites.read_suite_file(path), args)
         suite, source, saved = suites.parse(raw, str(path)), str(path), None
         run_id = run_folder.new_run_id(suite.name)

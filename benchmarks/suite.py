@@ -269,12 +269,24 @@ def known_suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
 
-def load_suite(name_or_path: str) -> Suite:
-    path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+def suite_path(name_or_path: str) -> Path:
+    """The file a suite is named by: a path to a YAML file, or a name in ``benchmarks/suites/``."""
+    try:
+        path = Path(name_or_path)
+        if path.is_dir():
+            raise SuiteError(f"--suite {name_or_path}: a folder; give a suite name or a YAML file")
+        if path.is_file():
+            return path
         path = SUITES_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise SuiteError(str(did_you_mean("suite", name_or_path, known_suites())))
+        if path.is_file():
+            return path
+    except OSError as err:  # e.g. a name longer than the file system allows
+        raise SuiteError(f"--suite: cannot use {name_or_path[:80]!r} ({err.strerror})") from None
+    raise SuiteError(str(did_you_mean("suite", name_or_path, known_suites())))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    path = suite_path(name_or_path)
     return parse(read_suite_file(path), str(path))
 
 

@@ -125,6 +125,23 @@ except PermissionError:
     assert proc.stdout.strip() == "denied", proc.stderr[-2000:]
 
 
+def test_a_denied_folder_stays_denied_when_a_folder_inside_it_is_denied_too(tmp_path):
+    """A card's ``raw:<name>/...`` source folder lies inside the cache's denied ``raw/``."""
+    code = f'''
+from pathlib import Path
+from benchmarks.execution import sandbox
+raw = Path({str(tmp_path)!r}) / "raw"
+(raw / "mine").mkdir(parents=True); (raw / "other.zip").write_text("labels")
+sandbox.confine([raw, raw / "mine"])
+try:
+    (raw / "other.zip").read_text()
+except PermissionError:
+    print("denied")
+'''
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "denied", proc.stderr[-2000:]
+
+
 def _scores(n=6):
     return np.linspace(0.1, 0.9, n)
 

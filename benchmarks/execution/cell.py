@@ -169,9 +169,7 @@ def _confine(run_dir: Path, workdir: Path) -> dict:
 def run_cell(suite: Suite, cell: Cell, run_dir: Path, run_id: str) -> records.CellRecord:
     """Both halves of ``cell`` in this process, unconfined; returns the finished record."""
     record, bundle = run_method(suite, cell, run_dir, run_id, confine=False)
-    tiny = next(d.tiny for d in suite.datasets if d.name == cell.dataset)
-    finished = evaluation.finish(record.as_dict(), bundle, tiny, suite.budget.eval_cap, run_dir)
-    return records.CellRecord(**finished)
+    return records.CellRecord(**evaluation.finish(record.as_dict(), bundle, run_dir))
 
 
 def bundle_path(out: str | Path) -> Path:

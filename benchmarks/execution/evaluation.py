@@ -74,22 +74,25 @@ def check_batch_invariance(scores: np.ndarray, probes: np.ndarray, sample_ids: n
     return {"samples": int(len(probes)), "max_abs_diff": worst, "tolerance": tolerance}
 
 
-def finish(record: dict, bundle: dict, tiny: bool, eval_cap: int | None, run_dir) -> dict:
+def finish(record: dict, bundle: dict, run_dir) -> dict:
     """``record`` (from the method's process) completed with metrics, or failed with the reason.
 
     ``bundle`` holds what the method's process scored: ``sample_id``, ``score`` (batched) and
-    ``probe`` (the one-by-one outputs, stacked).
+    ``probe`` (the one-by-one outputs, stacked). The test split is the record's own (its dataset,
+    tiny flag, task and evaluation cap).
     """
     if record.get("status") != "ok":
         return record
     try:
-        test = _test_split(record["dataset"], tiny, record["task"], eval_cap)
+        test = _test_split(record["dataset"], record["tiny"], record["task"], record["budget"]["eval_cap"])
         if not np.array_equal(bundle["sample_id"], test["sample_id"].to_numpy()):
             raise ValueError("the scored samples are not the frozen test samples (sample_id differ)")
         n_candidates = load_card(record["dataset"]).protocols[record["task"]].get("n_candidates")
         scores = metrics.check_scores(record["task"], bundle["score"], len(test), n_candidates)
-        probes = metrics.check_scores(record["task"], bundle["probe"], len(bundle["probe"]), n_candidates)
-        record["batch_check"] = check_batch_invariance(scores, probes, bundle["sample_id"], record["family"])
+        probes = bundle["probe"]
+        if len(probes):  # a suite may time no sample one by one (warmup and latency_samples 0)
+            probes = metrics.check_scores(record["task"], probes, len(probes), n_candidates)
+            record["batch_check"] = check_batch_invariance(scores, probes, bundle["sample_id"], record["family"])
         labels = test["label"].to_numpy()
         record["metrics"] = metrics.compute(record["task"], labels, scores)
         records.save_scores(run_dir, record["cell"], bundle["sample_id"], labels, scores)

@@ -87,8 +87,7 @@ def run_in_subprocess(suite_file: Path, suite: Suite, cell: Cell, run_dir: Path,
             bundle = {k: data[k] for k in data.files}
     out.unlink()
     bundle_file.unlink(missing_ok=True)
-    tiny = next(d.tiny for d in suite.datasets if d.name == cell.dataset)
-    return evaluation.finish(record, bundle, tiny, suite.budget.eval_cap, run_dir)
+    return evaluation.finish(record, bundle, run_dir)
 
 
 def _die_with_parent() -> None:

@@ -87,7 +87,9 @@ def confine(denied: Iterable[Path]) -> dict:
     kernel has no Landlock (nothing is then enforced, and the record says so).
     """
     abi = landlock_abi()
-    targets = sorted({Path(os.path.realpath(p)) for p in denied if os.path.lexists(p)})
+    paths = {Path(os.path.realpath(p)) for p in denied if os.path.lexists(p)}
+    # a target beneath another is already denied, and granting its parents would open the outer one
+    targets = sorted(p for p in paths if not any(outer in p.parents for outer in paths))
     if abi < 1:
         return {"mechanism": "none", "abi": 0}
     libc = _libc()
@@ -115,7 +117,7 @@ def _grants(targets: list[Path]) -> list[tuple[Path, int]]:
     for folder in sorted(above):
         for name in sorted(os.listdir(folder)) if os.access(folder, os.R_OK) else []:
             child = folder / name
-            if child in above or child in targets or any(t in child.parents for t in targets):
+            if child in above or child in targets:
                 continue
             try:
                 mode = os.lstat(child).st_mode

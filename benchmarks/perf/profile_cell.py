@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in HEAVY:
         importlib.import_module(name)
     imports = time.perf_counter() - start
-    raw = suites.read_suite_file(suites.SUITES_DIR / f"{args.suite}.yaml")
+    raw = suites.read_suite_file(suites.suite_path(args.suite))
     raw["methods"] = {args.method: (raw.get("methods") or {}).get(args.method) or {}}
     suite = suites.parse(raw, args.suite)
     cells = [c for c in suites.cells(suite) if (args.task in (None, c.task)) and (args.shots in (None, str(c.shots)))]
