@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from baselines import trained_model_cache
 from baselines.recbole_training import RecBoleModel, RecBoleSettings
 from benchmarks.contract import CellContext, FitData, ParameterCounts
 from benchmarks.metrics import METRICS
@@ -47,9 +48,13 @@ def _in_chunks(samples: pd.DataFrame, size: int, fn: Callable[[pd.DataFrame], np
 
 def fit_recbole(settings: RecBoleSettings, task: str, data: FitData, ctx: CellContext,
                 score: Callable[[RecBoleModel, pd.DataFrame], np.ndarray],
-                features: dict[str, tuple[str, ...]] | None = None) -> RecBoleModel:
+                features: dict[str, tuple[str, ...]] | None = None, reuse: bool = False) -> RecBoleModel:
     """Build ``settings.model`` on ``data.train`` and train it, early-stopping on ``data.valid``
     scored by ``score`` and measured by ``data.validate`` (skipped when ``data.valid`` is empty).
+
+    The trained weights are stored in ``ctx.cache_dir`` (:mod:`baselines.trained_model_cache`);
+    with ``reuse`` (a frozen encoder, not a timed conventional cell) stored weights of the same key
+    are loaded instead of training.
 
     Raises:
         ValueError: ``settings.valid_metric`` is not a ``task`` metric of :mod:`benchmarks.metrics`.
@@ -61,12 +66,24 @@ def fit_recbole(settings: RecBoleSettings, task: str, data: FitData, ctx: CellCo
                          f"metric (known: {known})")
     net = RecBoleModel.build(settings, task, data.train, data.catalog, ctx, features,
                              where=f"baselines/configs/*.yaml (model: {settings.model})")
+    if ctx.cache_dir is None:
+        folder = key = None
+    else:
+        key = trained_model_cache.cache_key(settings, data, ctx)
+        folder = trained_model_cache.entry_folder(ctx.cache_dir, settings, key)
+        if reuse and trained_model_cache.load_into(net.model, folder):
+            net.model.eval()
+            trained_model_cache.announce(f"cache hit: {settings.model} loaded from {folder} (not retrained)")
+            return net
 
     def evaluate() -> float:
         return data.validate(score(net, data.valid))[settings.valid_metric]
 
     net.train(settings, settings.capped_epochs(ctx.max_epochs), evaluate if len(data.valid) else None,
               metric.higher_is_better)
+    if folder is not None:
+        trained_model_cache.store(net.model, folder, key)
+        trained_model_cache.announce(f"trained {settings.model}; stored in {folder}")
     return net
 
 
@@ -94,8 +111,9 @@ class RecBoleNextItem:
 
         return _in_chunks(samples, self.config.eval_batch_size, chunk)
 
-    def fit(self, data: FitData) -> None:
-        self.net = fit_recbole(self.config, "next_item", data, self.ctx, self.candidate_scores)
+    def fit(self, data: FitData, reuse: bool = False) -> None:
+        """Train on ``data`` (``reuse``: load stored weights of the same key instead, see :func:`fit_recbole`)."""
+        self.net = fit_recbole(self.config, "next_item", data, self.ctx, self.candidate_scores, reuse=reuse)
 
     def score(self, samples: pd.DataFrame) -> np.ndarray:
         return self.candidate_scores(self.net, samples)
@@ -134,9 +152,10 @@ class RecBoleCTR:
         return _in_chunks(samples, self.config.eval_batch_size,
                           lambda part: net.model.predict(net.pointwise_batch(part)).double().cpu().numpy())
 
-    def fit(self, data: FitData) -> None:
+    def fit(self, data: FitData, reuse: bool = False) -> None:
+        """Train on ``data`` (``reuse``: load stored weights of the same key instead, see :func:`fit_recbole`)."""
         features = {"user": tuple(self.config.user_features), "item": tuple(self.config.item_features)}
-        self.net = fit_recbole(self.config, "ctr", data, self.ctx, self.probabilities, features)
+        self.net = fit_recbole(self.config, "ctr", data, self.ctx, self.probabilities, features, reuse=reuse)
 
     def score(self, samples: pd.DataFrame) -> np.ndarray:
         return self.probabilities(self.net, samples)

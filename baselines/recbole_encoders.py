@@ -25,7 +25,10 @@ The model is the registered method of that name with its ``baselines/configs/<na
 On a ``ctr`` split a sequence encoder trains on every sample's (history -> item), whatever the
 label, without early stopping (the ctr valid split has no candidates). Encoders are memoized per
 process, keyed by name, settings, protocol hash, training rows, seed and device, so several calls in
-one cell train once.
+one cell train once; across cells and runs, trained weights are kept in ``ctx.cache_dir`` and
+verified by sha256 (:mod:`baselines.trained_model_cache`), so an encoder trains only when no cell
+trained the same model (same settings, rows, seed and epoch cap) before: iLoRA's SASRec on a
+next_item split is then the ``sasrec`` cell's model, loaded.
 """
 from __future__ import annotations
 
@@ -157,6 +160,6 @@ def fit_frozen_encoder(name: str, data: FitData, ctx: CellContext, *, full_train
         if model_name in SEQUENCE_ENCODERS and data.task == "ctr":
             fit_data = dataclasses.replace(fit_data, valid=data.valid.iloc[:0])
         method = (RecBoleCTR if model_name == "DIN" else RecBoleNextItem)(settings, ctx)
-        method.fit(fit_data)
+        method.fit(fit_data, reuse=True)
         _MEMO[key] = FrozenEncoder(method.net, settings.eval_batch_size)
     return _MEMO[key]

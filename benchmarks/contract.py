@@ -126,7 +126,8 @@ class CellContext:
         batch_size: the suite's batch size for training and scoring.
         max_epochs: the suite's epoch cap (methods take min(own setting, cap)).
         workdir: a scratch folder private to the cell (deleted after it unless kept).
-        cache_dir: the benchmark's cache root (converted backbones, tokenized prompts, ...).
+        cache_dir: the method part of the benchmark's cache (converted backbones, tokenized prompts,
+            trained encoders); None keeps nothing on disk (backbones then go to the default cache).
         llm: backbone id or local path for LLM methods ("" = the offline default).
         quant: "nf4" (default) or "none".
         dataset: dataset card name, for cache keys.
@@ -138,7 +139,7 @@ class CellContext:
     batch_size: int = 32
     max_epochs: int | None = None
     workdir: Path = Path(".")
-    cache_dir: Path = Path(".")
+    cache_dir: Path | None = None
     llm: str = ""
     quant: str = "nf4"
     dataset: str = ""

@@ -91,7 +91,7 @@ class RecLoRA:
         prompt: str = "rella"
         cpu_4bit_kernel: str = "dequant"
         crm: str = "din"
-        crm_overrides: dict = field(default_factory=lambda: {"max_history": 60})
+        crm_overrides: dict = field(default_factory=dict)
         retrieval: str = "relevant"
         item_vectors: str = "crm"
         item_text: str = "Here is a {item}. Its title is {title}. The {item}'s genre is {genres}."

@@ -6,6 +6,7 @@ for one epoch on a few hundred rows of the tiny subset: the checks are about plu
 """
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 pytest.importorskip("recbole")
 torch = pytest.importorskip("torch")
 
+from baselines import recbole_encoders, trained_model_cache  # noqa: E402
 from baselines.recbole_adapter import RecBoleCTR, RecBoleNextItem  # noqa: E402
 from baselines.recbole_encoders import fit_frozen_encoder  # noqa: E402
 from baselines.recbole_training import RecBoleModel  # noqa: E402
@@ -114,8 +116,9 @@ def test_recbole_trains_on_exactly_our_ctr_rows_with_side_features(tiny, tmp_pat
     assert np.array_equal(tokens(seen, "item_id", seen.inter_feat["item_id"]), ours["item"])
     assert np.array_equal(seen.inter_feat["label"].numpy(), ours["label"].to_numpy(dtype=np.float32))
     if name == "din":
+        assert config.max_history == 60, "DIN reads the ctr protocol's whole stored history"
         for got, expected in zip(recbole_histories(seen), ours["history"]):
-            assert np.array_equal(got, np.asarray(expected)[-50:])
+            assert np.array_equal(got, np.asarray(expected)[-config.max_history:])
     # side features, read back through RecBole's own user and item tables
     user_row = seen.get_user_feature()[torch.tensor(seen.token2id("user_id", str(users[0])))]
     expected_user = data.catalog.users.set_index("user").loc[users[0]]
@@ -273,3 +276,68 @@ def test_sequence_encoder_on_a_ctr_split_trains_without_early_stopping(tiny, tmp
     data = replace(fit_data(tiny, "ctr", rows=120), validate=lambda s: calls.append(s) or {"ndcg@10": 0.0})
     encoder = fit_frozen_encoder("sasrec", data, context(tmp_path, seed=11), overrides=SMALL_SASREC)
     assert not calls and len(encoder.net.train_data) == 120
+
+
+# ------------------------------------------------------------- trained weights kept on disk
+
+
+def _weights(net) -> dict:
+    return {name: value.clone() for name, value in net.model.state_dict().items()}
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_an_encoder_loads_the_conventional_cells_model_instead_of_training(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(recbole_encoders, "_MEMO", {})
+    data = fit_data(tiny, "next_item")
+    ctx = context(tmp_path / "work", cache_dir=tmp_path / "cache")
+    cell = RecBoleNextItem(settings("sasrec", SMALL_SASREC), ctx)
+    cell.fit(data)  # the sasrec cell: trains, stores
+    assert "trained SASRec; stored in" in capsys.readouterr().err
+    (entry,) = (tmp_path / "cache" / trained_model_cache.FOLDER).iterdir()
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert manifest["key"]["seed"] == 3 and manifest["key"]["protocol"] == data.protocol.hash
+
+    trainings = []
+    monkeypatch.setattr(RecBoleModel, "train", lambda self, *a, **k: trainings.append(1))
+    encoder = fit_frozen_encoder("sasrec", data, ctx, overrides=SMALL_SASREC)
+    assert not trainings, "the encoder retrained although the sasrec cell stored its model"
+    assert "cache hit: SASRec loaded from" in capsys.readouterr().err
+    assert _same_weights(_weights(encoder.net), _weights(cell.net))
+    samples = eval_samples(tiny, "next_item")
+    np.testing.assert_array_equal(RecBoleNextItem.candidate_scores(cell, encoder.net, samples), cell.score(samples))
+
+    cell.fit(data)  # a conventional cell trains (and is timed) even when its model is cached
+    assert trainings == [1]
+
+
+def test_the_cached_encoder_is_the_model_an_uncached_encoder_trains(tiny, tmp_path, monkeypatch):
+    """Same key, same weights: what the sasrec cell stored is what the encoder would have trained."""
+    data = fit_data(tiny, "next_item")
+    cell = RecBoleNextItem(settings("sasrec", SMALL_SASREC), context(tmp_path / "a", cache_dir=tmp_path / "cache"))
+    cell.fit(data)
+    monkeypatch.setattr(recbole_encoders, "_MEMO", {})
+    fresh = fit_frozen_encoder("sasrec", data, context(tmp_path / "b"), overrides=SMALL_SASREC)  # no cache
+    assert _same_weights(_weights(fresh.net), _weights(cell.net))
+
+
+def test_a_tampered_or_foreign_entry_is_retrained_not_loaded(tiny, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(recbole_encoders, "_MEMO", {})
+    data = fit_data(tiny, "next_item", rows=200)
+    ctx = context(tmp_path / "work", cache_dir=tmp_path / "cache")
+    cell = RecBoleNextItem(settings("sasrec", SMALL_SASREC), ctx)
+    cell.fit(data)
+    trained = _weights(cell.net)
+    (entry,) = (tmp_path / "cache" / trained_model_cache.FOLDER).iterdir()
+    weights = entry / trained_model_cache.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    encoder = fit_frozen_encoder("sasrec", data, ctx, overrides=SMALL_SASREC)
+    assert "does not match its sha256" in caplog.text
+    assert _same_weights(_weights(encoder.net), trained), "retrained from scratch: the same weights"
+
+    monkeypatch.setattr(recbole_encoders, "_MEMO", {})
+    other_seed = fit_frozen_encoder("sasrec", data, replace(ctx, seed=4), overrides=SMALL_SASREC)
+    assert not _same_weights(_weights(other_seed.net), trained), "another seed is another entry"
+    assert len(list((tmp_path / "cache" / trained_model_cache.FOLDER).iterdir())) == 2

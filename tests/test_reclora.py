@@ -129,7 +129,9 @@ def test_few2many_llm_trains_on_the_few_shots_while_the_crm_gets_the_full_split(
     fit, _, _ = cell
     run = trained("reclora")
     assert run.seen["full_train"] is True and run.seen["crm"] == "din"
-    assert run.seen["overrides"] == {"max_history": 60}, "the CRM reads the long history"
+    crm_settings = registry.resolve_config(registry.get_entry("din"), run.seen["overrides"])
+    assert crm_settings.max_history == 60, "the CRM reads the long history"
+    assert run.seen["overrides"] == {}, "the CRM is the din cell's model (same settings: one cached training)"
     assert run.seen["llm_rows"] == SHOTS < len(fit.train_full)
     assert run.method.result.steps == math.ceil(SHOTS / run.method.config.batch_size)
 

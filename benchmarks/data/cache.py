@@ -10,6 +10,7 @@ exports the absolute path to its cells); a root inside the repository is refused
     methods/        the only part a method's process may read (``CellContext.cache_dir``):
         backbones/      converted LLM weights (safetensors)
         hf-datasets/    Arrow caches of tokenized prompts
+        recbole-models/ trained RecBole weights reused by frozen encoders (baselines/trained_model_cache.py)
 
 Temporary files and folders carry their writer's PID; one whose writer is gone (a killed build) is
 deleted the next time anything is written beside it.
