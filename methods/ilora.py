@@ -123,10 +123,11 @@ class ILoRA:
         router_hidden: int = 64
         encoder: str = "sasrec"
         cpu_4bit_kernel: str = "dequant"
+        cpu_dtype: str = "float32"
         learning_rate: float = 2e-3
         epochs: int = 1
         batch_size: int = 8
-        micro_batch_size: int = 4
+        micro_batch_size: int = 2
         warmup_steps: int = 2
         weight_decay: float = 0.0
         max_grad_norm: float = 1.0
@@ -134,7 +135,7 @@ class ILoRA:
         patience: int = 10
         valid_metric: str = "ndcg@5"
         max_new_tokens: int = 64
-        max_answer_tokens: int = 2048
+        max_answer_tokens: int = 512
 
         def __post_init__(self):
             if self.experts < 1 or self.lora_r % self.experts:
@@ -194,7 +195,7 @@ class ILoRA:
         ctx, config = self.ctx, self.config
         self.encoder = fit_frozen_encoder(config.encoder, data, ctx, full_train=True)
         self.backbone = load_backbone(ctx.llm, ctx.quant, ctx.device, cache=ctx.cache_dir,
-                                      cpu_4bit_kernel=config.cpu_4bit_kernel)
+                                      cpu_4bit_kernel=config.cpu_4bit_kernel, cpu_dtype=config.cpu_dtype)
         torch.manual_seed(ctx.seed)  # the same initial adapters whether SASRec was trained here or memoized
         self.model = self.build_model(self.backbone.model, self.encoder.item_embeddings())
         base = self.model.embedding.base if self.model.embedding is not None else None

@@ -90,6 +90,7 @@ class RecLoRA:
 
         prompt: str = "rella"
         cpu_4bit_kernel: str = "dequant"
+        cpu_dtype: str = "float32"
         crm: str = "din"
         crm_overrides: dict = field(default_factory=dict)
         retrieval: str = "relevant"
@@ -107,7 +108,7 @@ class RecLoRA:
         learning_rate: float = 1e-3
         epochs: int = 2
         batch_size: int = 16
-        micro_batch_size: int = 8
+        micro_batch_size: int = 2
         warmup_steps: int = 2
         weight_decay: float = 0.0
         max_grad_norm: float = 1.0
@@ -158,7 +159,7 @@ class RecLoRA:
         cfg = self.config
         self.crm = fit_frozen_encoder(cfg.crm, data, self.ctx, full_train=True, overrides=cfg.crm_overrides)
         self.backbone = load_backbone(self.ctx.llm, self.ctx.quant, self.ctx.device, cache=self.ctx.cache_dir,
-                                      cpu_4bit_kernel=cfg.cpu_4bit_kernel)
+                                      cpu_4bit_kernel=cfg.cpu_4bit_kernel, cpu_dtype=cfg.cpu_dtype)
         self.history_len = int(data.protocol.params["history_len"])
         self.builder = RatedHistoryPrompts(PromptTemplate.load(cfg.prompt), self.backbone.tokenizer, data.catalog,
                                            self.history_len, liked_above=load_card(data.catalog.name).label_threshold)

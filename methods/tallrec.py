@@ -39,6 +39,7 @@ class TALLRec:
     class Config:
         prompt: str = "tallrec"
         cpu_4bit_kernel: str = "dequant"
+        cpu_dtype: str = "auto"
         lora_r: int = 8
         lora_alpha: int = 16
         lora_dropout: float = 0.05
@@ -46,7 +47,7 @@ class TALLRec:
         learning_rate: float = 1e-4
         epochs: int = 1
         batch_size: int = 16
-        micro_batch_size: int = 8
+        micro_batch_size: int = 2
         warmup_steps: int = 0
         weight_decay: float = 0.0
         max_grad_norm: float = 1.0
@@ -65,7 +66,7 @@ class TALLRec:
 
     def fit(self, data: FitData) -> None:
         self.backbone = load_backbone(self.ctx.llm, self.ctx.quant, self.ctx.device, cache=self.ctx.cache_dir,
-                                      cpu_4bit_kernel=self.config.cpu_4bit_kernel)
+                                      cpu_4bit_kernel=self.config.cpu_4bit_kernel, cpu_dtype=self.config.cpu_dtype)
         self.backbone.model = add_lora(self.backbone.model, self.config.lora())
         scorer = CtrScorer(self.backbone, self.config.prompt, data.catalog, data.protocol)
         self.scorer = scorer

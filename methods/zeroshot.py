@@ -33,6 +33,7 @@ class ZeroShotLLM:
         prompt: str = "tallrec"            # methods/prompts/<prompt>.yaml
         next_item_prompt: str = "llara"    # the next_item task's prompt file
         cpu_4bit_kernel: str = "dequant"   # dequant | packed-bf16 (see methods/backbone.py)
+        cpu_dtype: str = "auto"            # auto | float32 | bfloat16 (see methods/cpu_dtype.py)
 
     def __init__(self, config: Config, ctx: CellContext):
         self.config = config
@@ -42,7 +43,7 @@ class ZeroShotLLM:
 
     def fit(self, data: FitData) -> None:
         self.backbone = load_backbone(self.ctx.llm, self.ctx.quant, self.ctx.device, cache=self.ctx.cache_dir,
-                                      cpu_4bit_kernel=self.config.cpu_4bit_kernel)
+                                      cpu_4bit_kernel=self.config.cpu_4bit_kernel, cpu_dtype=self.config.cpu_dtype)
         prompt = self.config.prompt if data.task == "ctr" else self.config.next_item_prompt
         self.scorer = SCORERS[data.task](self.backbone, prompt, data.catalog, data.protocol)
 

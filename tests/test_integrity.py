@@ -162,6 +162,17 @@ def test_batch_invariance_accepts_differences_within_the_family_tolerance():
         evaluation.check_batch_invariance(scores, close, np.arange(6), "reference")
 
 
+def test_batch_invariance_of_a_bf16_llm_is_checked_at_the_bf16_tolerance():
+    scores = _scores()
+    close = scores[:3] + evaluation.BATCH_TOLERANCE["llm-bfloat16"] / 2  # beyond 5e-3 x (1 + 0.9), within 3e-2
+    with pytest.raises(evaluation.BatchInvarianceError):
+        evaluation.check_batch_invariance(scores, close, np.arange(6), "llm", "float32")
+    assert evaluation.check_batch_invariance(scores, close, np.arange(6), "llm", "bfloat16")["tolerance"] == \
+        evaluation.BATCH_TOLERANCE["llm-bfloat16"]
+    with pytest.raises(evaluation.BatchInvarianceError):  # a constant stays a constant, in any dtype
+        evaluation.check_batch_invariance(scores, np.zeros(3), np.arange(6), "llm", "bfloat16")
+
+
 def test_batch_invariance_treats_matching_nan_rows_as_equal_and_one_sided_nan_as_a_difference():
     scores = np.array([[np.nan, np.nan], [0.2, 0.8]])
     assert evaluation.check_batch_invariance(scores, scores.copy(), np.arange(2), "llm")["max_abs_diff"] == 0.0

@@ -35,7 +35,8 @@ def test_nf4_counts_unpacked_parameters_and_uses_the_chosen_cpu_kernel(tiny_dir)
         assert nf4.model.is_loaded_in_4bit and nf4.info()["parameters"] == expected
         if flag is False:
             assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in layers)
-    assert plain.info() == {"id": str(tiny_dir), "quant": "none", "sha256": None, "parameters": expected,
+    assert plain.info() == {"id": str(tiny_dir), "quant": "none", "compute_dtype": "float32", "sha256": None,
+                            "parameters": expected,
                             "weights_sha256": hashlib.sha256((tiny_dir / "model.safetensors").read_bytes()).hexdigest()}
 
 
@@ -46,6 +47,26 @@ def test_nf4_logits_stay_close_to_full_precision(tiny_dir):
         nf4 = bb.load_backbone(str(tiny_dir), "nf4").model(ids).logits
     assert not torch.equal(full, nf4)  # it really is quantized
     assert (full - nf4).abs().max() < 0.1 * full.abs().max()
+
+
+def test_bf16_compute_on_cpu_rounds_only_the_4bit_matmuls(tiny_dir):
+    """cpu_dtype=bfloat16: the 4-bit layers compute in bf16, everything else (embeddings, norms,
+    head: the residual stream) stays float32, and the logits stay near the float32 path's."""
+    import bitsandbytes as bnb
+
+    ids = torch.arange(1, 40)[None]
+    fp32 = bb.load_backbone(str(tiny_dir), "nf4", cpu_dtype="float32")
+    bf16 = bb.load_backbone(str(tiny_dir), "nf4", cpu_dtype="bfloat16")
+    layers = [m for m in bf16.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and {m.compute_dtype for m in layers} == {torch.bfloat16}
+    assert {p.dtype for p in bf16.model.parameters() if p.is_floating_point()} == {torch.float32}
+    assert bf16.info()["compute_dtype"] == "bfloat16" and fp32.info()["compute_dtype"] == "float32"
+    with torch.no_grad():
+        a, b = fp32.model(ids).logits, bf16.model(ids).logits
+    assert a.dtype == b.dtype == torch.float32 and not torch.equal(a, b)  # it really rounds
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
+    with pytest.raises(ValueError, match="cpu_dtype must be one of"):
+        bb.load_backbone(str(tiny_dir), "nf4", cpu_dtype="half")
 
 
 def test_errors_say_what_and_where(tiny_dir, tmp_path):

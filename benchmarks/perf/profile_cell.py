@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.time() - process_start - total:.1f} s; cell {total:.1f} s; "
           f"peak RSS {max(clock.peak_mb.values(), default=0):.0f} MiB")
     print(tabulate(rows, headers=["phase", "own s", "% of wall", "peak RSS MiB"], floatfmt=".1f"))
+    if record.error:
+        print(f"{record.status}: {record.error['type']}: {record.error['message']}")
     return 0 if record.status == "ok" else 1
 
 
