@@ -127,7 +127,7 @@ class ILoRA:
         learning_rate: float = 2e-3
         epochs: int = 1
         batch_size: int = 8
-        micro_batch_size: int = 2
+        micro_batch_size: int = 1
         warmup_steps: int = 2
         weight_decay: float = 0.0
         max_grad_norm: float = 1.0
