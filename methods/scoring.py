@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from benchmarks.execution import padding
 from methods.prefix_cache import ModelCall, Prefix, call_model, encode_prefix, run_continuations
 from methods.prompting import AnswerTokens, PromptSet
 
@@ -36,10 +37,12 @@ def length_buckets(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]
 
 
 def right_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids, mask)`` of shape ``[B, max_len]``, real tokens first, pads after."""
+    """``(ids, mask)`` of shape ``[B, max_len]``, real tokens first, pads after (counted for the
+    record's padding waste, :mod:`benchmarks.execution.padding`)."""
     import torch
 
     width = max(len(s) for s in sequences)
+    padding.count(sum(len(s) for s in sequences), width * len(sequences))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):

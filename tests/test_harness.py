@@ -53,6 +53,22 @@ def test_records_carry_what_reproduces_them(ci_records):
             assert r["host"]["torch_threads"] >= 1 and r["host"]["cpu_capability"]
         if r["parameters"] is not None:
             assert len(r["parameters"]["sha256"]) == 64
+        if r["family"] == "llm":  # padded batches: counted per phase, tokens within the slots computed
+            for phase in ("fit", "score") if r["n_train"] else ("score",):
+                pad = r["padding"][phase]
+                assert 0 < pad["tokens"] <= pad["slots"] and pad["waste"] == round(1 - pad["tokens"] / pad["slots"], 4)
+        else:
+            assert r["padding"] is None, "nothing is padded outside the LLM methods"
+
+
+def test_padding_phase_counts_only_what_was_added_between_two_readings():
+    from benchmarks.execution import padding
+
+    start = padding.totals()
+    assert padding.phase(start, padding.totals()) is None
+    padding.count(6, 8)
+    padding.count(3, 4)
+    assert padding.phase(start, padding.totals()) == {"tokens": 9, "slots": 12, "waste": 0.25}
 
 
 def test_parameter_digest_sees_one_ulp_and_counts_what_trained():

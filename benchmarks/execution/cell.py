@@ -34,7 +34,7 @@ from benchmarks.contract import CellContext, FitData, without_labels
 from benchmarks.data import canonical, protocols, sources
 from benchmarks.data.cache import ENV_VAR, cache_root, method_cache
 from benchmarks.data.cards import known_cards, load_card
-from benchmarks.execution import env, evaluation, sandbox
+from benchmarks.execution import env, evaluation, padding, sandbox
 from benchmarks.execution.timing import Timing, record_memory, reset_peak_memory, timed_fit, timed_score
 from benchmarks.suite import Cell, Suite, config_dict, config_hash
 
@@ -126,9 +126,14 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
         method = entry.load_class()(config, ctx)
         record.n_train, record.n_eval = (len(train) if entry.trains else 0), len(test)
 
+        before_fit = padding.totals()
         timed_fit(method, fit_data, suite.device, timing, trains=entry.trains)
+        after_fit = padding.totals()
         scores, probes = timed_score(method, test, suite.device, budget.batch_size,
                                      budget.warmup, budget.latency_samples, timing)
+        record.padding = {name: value for name, value in (("fit", padding.phase(before_fit, after_fit)),
+                                                          ("score", padding.phase(after_fit, padding.totals())))
+                          if value is not None} or None
         bundle = {"sample_id": test["sample_id"].to_numpy(), "score": np.asarray(scores, dtype=np.float64),
                   "probe": np.concatenate(probes).astype(np.float64) if probes else np.zeros((0,))}
         counts = method.parameter_counts()
