@@ -37,6 +37,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where tensors are made; annotations name it only
     import torch
 
+from benchmarks.execution import padding
 from methods.prefix_cache import ModelCall, Prefix, call_model, encode_prefix
 from methods.prompting import PromptSet
 from methods.scoring import length_buckets, right_padded
@@ -46,10 +47,12 @@ SCORERS = ("likelihood", "generate")
 
 
 def left_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids, mask)`` of shape ``[B, max_len]``, pads first, real tokens last."""
+    """``(ids, mask)`` of shape ``[B, max_len]``, pads first, real tokens last (padding counted as in
+    :func:`methods.scoring.right_padded`)."""
     import torch
 
     width = max(len(s) for s in sequences)
+    padding.count(sum(len(s) for s in sequences), width * len(sequences))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
@@ -90,6 +93,7 @@ class PackedAnswers:
 
         device = prompt_lengths.device
         width = max(sum(len(a) for a in row) for row in answers)
+        padding.count(sum(len(a) for row in answers for a in row), width * len(answers))
         ids = torch.full((len(answers), width), pad_id, dtype=torch.long)
         owner = torch.full((len(answers), width), -1, dtype=torch.long)
         offset = torch.zeros((len(answers), width), dtype=torch.long)

@@ -28,7 +28,8 @@ def test_config_resolves_to_the_recbole_model_with_known_hyperparameters(name):
     known = compat.model_hyperparameters(cls)
     assert set(settings.model_params) <= known, sorted(set(settings.model_params) - known)
     if name in SEQUENTIAL or name == "din":
-        assert settings.max_history == (5 if name == "caser" else 50)  # Caser: the paper's L (see caser.yaml)
+        # Caser: the paper's L (see caser.yaml); DIN: the ctr protocols' 60 stored items (RecLoRA's CRM)
+        assert settings.max_history == {"caser": 5, "din": 60}.get(name, 50)
     if name in SEQUENTIAL:
         params = settings.model_params  # item embedding size: embedding_size, or hidden_size for transformers
         assert params.get("embedding_size", params.get("hidden_size")) == 64
