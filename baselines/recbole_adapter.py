@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from baselines import trained_model_cache
+from baselines.recbole_encoders import ENCODER_MODELS
 from baselines.recbole_training import RecBoleModel, RecBoleSettings
 from benchmarks.contract import CellContext, FitData, ParameterCounts
 from benchmarks.metrics import METRICS
@@ -66,8 +67,6 @@ def fit_recbole(settings: RecBoleSettings, task: str, data: FitData, ctx: CellCo
                          f"metric (known: {known})")
     net = RecBoleModel.build(settings, task, data.train, data.catalog, ctx, features,
                              where=f"baselines/configs/*.yaml (model: {settings.model})")
-    from baselines.recbole_encoders import ENCODER_MODELS
-
     if ctx.cache_dir is None or settings.model not in ENCODER_MODELS:  # only what an encoder can reuse is kept
         folder = key = None
     else:

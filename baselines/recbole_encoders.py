@@ -24,22 +24,22 @@ The model is the registered method of that name with its ``baselines/configs/<na
 ``overrides``), trained exactly as that method trains, on ``data.train`` (or ``data.train_full``).
 On a ``ctr`` split a sequence encoder trains on every sample's (history -> item), whatever the
 label, without early stopping (the ctr valid split has no candidates). Encoders are memoized per
-process, keyed by name, settings, protocol hash, training rows, seed and device, so several calls in
-one cell train once; across cells and runs, trained weights are kept in ``ctx.cache_dir`` and
-verified by sha256 (:mod:`baselines.trained_model_cache`), so an encoder trains only when no cell
-trained the same model (same settings, rows, seed and epoch cap) before: iLoRA's SASRec on a
+process under the disk cache's key (settings, protocol hash, training and validation rows, seed,
+device, epoch cap), so several calls in one cell train once; across cells and runs, trained
+weights are kept in ``ctx.cache_dir`` and verified by sha256 (:mod:`baselines.trained_model_cache`),
+so an encoder trains only when no cell trained the same model before: iLoRA's SASRec on a
 next_item split is then the ``sasrec`` cell's model, loaded.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from baselines import trained_model_cache
 from baselines.recbole_training import RecBoleModel
 from benchmarks import registry
 from benchmarks.contract import CellContext, FitData
@@ -125,13 +125,6 @@ class FrozenEncoder:
         return captured["interest"], captured["target"]
 
 
-def _memo_key(name: str, settings: Any, data: FitData, train: pd.DataFrame, ctx: CellContext) -> str:
-    rows = hashlib.sha256(np.ascontiguousarray(train["sample_id"].to_numpy()).tobytes()).hexdigest()
-    return canonical_hash({"name": name, "settings": dataclasses.asdict(settings), "protocol": data.protocol.hash,
-                           "task": data.task, "rows": rows, "seed": ctx.seed, "device": ctx.device,
-                           "max_epochs": ctx.max_epochs})
-
-
 def fit_frozen_encoder(name: str, data: FitData, ctx: CellContext, *, full_train: bool = False,
                        overrides: Mapping[str, Any] | None = None) -> FrozenEncoder:
     """Train (or reuse) the registered RecBole model ``name`` on ``data`` and freeze it.
@@ -155,12 +148,11 @@ def fit_frozen_encoder(name: str, data: FitData, ctx: CellContext, *, full_train
                          f"use a method whose RecBole model is one of {list(ENCODER_MODELS)}")
     if model_name == "DIN" and data.task != "ctr":
         raise ValueError("fit_frozen_encoder: DIN trains on labelled ctr samples; this cell is next_item")
-    train = data.train_full if full_train else data.train
-    key = _memo_key(name, settings, data, train, ctx)
+    fit_data = dataclasses.replace(data, train=data.train_full if full_train else data.train)
+    if model_name in SEQUENCE_ENCODERS and data.task == "ctr":
+        fit_data = dataclasses.replace(fit_data, valid=data.valid.iloc[:0])
+    key = canonical_hash({"name": name, **trained_model_cache.cache_key(settings, fit_data, ctx)})
     if key not in _MEMO:
-        fit_data = dataclasses.replace(data, train=train)
-        if model_name in SEQUENCE_ENCODERS and data.task == "ctr":
-            fit_data = dataclasses.replace(fit_data, valid=data.valid.iloc[:0])
         method = (RecBoleCTR if model_name == "DIN" else RecBoleNextItem)(settings, ctx)
         method.fit(fit_data, reuse=True)
         _MEMO[key] = FrozenEncoder(method.net, settings.eval_batch_size)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.contract import CellContext, FitData
-from benchmarks.data.cache import atomic_dir
+from benchmarks.data.cache import atomic_dir, verified_manifest, write_manifest
 from benchmarks.data.cards import canonical_hash
 
 FOLDER = "recbole-models"
@@ -72,9 +72,7 @@ def load_into(model, folder: Path) -> bool:
     one warning line when the entry exists but fails its manifest) when there is nothing valid."""
     from safetensors.torch import load_model
 
-    from methods.backbone import verified_manifest
-
-    if verified_manifest(folder) is None:
+    if verified_manifest(folder, _log) is None:
         return False
     missing, unexpected = load_model(model, str(folder / WEIGHTS), strict=False)
     if missing or unexpected:
@@ -87,8 +85,6 @@ def load_into(model, folder: Path) -> bool:
 def store(model, folder: Path, key: dict[str, Any]) -> None:
     """Write ``model``'s weights and the manifest into ``folder`` (atomically; replaces an old entry)."""
     from safetensors.torch import save_model
-
-    from methods.backbone import write_manifest
 
     with atomic_dir(folder) as tmp:
         save_model(model, str(tmp / WEIGHTS))

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
 import subprocess
 import sys
@@ -50,15 +49,22 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.contract import count_parameters
-from benchmarks.data.cache import atomic_dir, atomic_path, method_cache, sha256_file
+from benchmarks.data.cache import (  # noqa: F401 (MANIFEST)
+    MANIFEST,
+    atomic_dir,
+    atomic_path,
+    method_cache,
+    sha256_file,
+    verified_manifest,
+    write_manifest,
+)
 
+_log = logging.getLogger(__name__)
 QUANTS = ("nf4", "none")
 CPU_4BIT_KERNELS = ("dequant", "packed-bf16")
-MANIFEST = "manifest.json"
 #: files that hold weights (the others are configs and tokenizers)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
-_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -207,47 +213,6 @@ def weights_digest(files: Mapping[str, str]) -> str | None:
     return hashlib.sha256("".join(f"{sha}  {name}\n" for name, sha in weights).encode()).hexdigest()
 
 
-def _folder_files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-
-
-def write_manifest(folder: Path, **extra: Any) -> dict[str, Any]:
-    """Write ``folder/manifest.json``: the sha256 of every other file in ``folder``, plus ``extra``."""
-    manifest = {"files": {name: sha256_file(folder / name) for name in _folder_files(folder)}, **extra}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    return manifest
-
-
-def verified_manifest(folder: Path) -> dict[str, Any] | None:
-    """``folder``'s manifest if every file in the folder is listed with its sha256 and every listed
-    file is there; else None, with one warning line naming the first file that failed (none when
-    the folder does not exist: nothing was built yet)."""
-    if not folder.exists():
-        return None
-    path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-        files = manifest["files"]
-        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-            raise TypeError("'files' is not a mapping of file names to sha256")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        _log.warning("[backbone] %s: the manifest is missing or unreadable (%s); rebuilding %s",
-                     path, " ".join(f"{type(err).__name__}: {err}".split())[:160], folder)
-        return None
-    for name in sorted(set(files) | set(_folder_files(folder))):
-        if name not in files:
-            why = "is not in the manifest"
-        elif not (folder / name).is_file():
-            why = "is missing"
-        elif sha256_file(folder / name) != files[name]:
-            why = "does not match its sha256 in the manifest"
-        else:
-            continue
-        _log.warning("[backbone] %s %s; rebuilding %s", folder / name, why, folder)
-        return None
-    return manifest
-
-
 def _converted_folder(cache: Path, wheel: GgufWheel) -> Path:
     return cache / "backbones" / f"{wheel.label}-{wheel.gguf_sha256[:12]}"
 
@@ -255,7 +220,7 @@ def _converted_folder(cache: Path, wheel: GgufWheel) -> Path:
 def _offline_default(cache: Path, wheel: GgufWheel) -> tuple[Path, dict[str, Any]]:
     """The converted offline default's folder and verified manifest, converting it when needed."""
     folder = _converted_folder(cache, wheel)
-    manifest = verified_manifest(folder)
+    manifest = verified_manifest(folder, _log)
     if manifest is not None:
         return folder, manifest
     gguf = _verified_gguf(wheel, cache / "raw")
@@ -349,8 +314,8 @@ def load_backbone(name: str = "", quant: str = "nf4", device: str = "cpu", *, ca
 
     from methods import cpu_dtype as cpu_dtypes
 
-    cpu_dtype = cpu_dtypes.resolve(cpu_dtype, cache or method_cache()) if not device.startswith("cuda") \
-        else "bfloat16"
+    # CUDA always computes in bf16
+    cpu_dtype = "bfloat16" if device.startswith("cuda") else cpu_dtypes.resolve(cpu_dtype, cache or method_cache())
 
     with torch.random.fork_rng(devices=[]):
         return _load_backbone(name, quant, device, cache, cpu_dtype, cpu_4bit_kernel)
@@ -362,7 +327,7 @@ def _load_backbone(name: str, quant: str, device: str, cache: Path | None, cpu_d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = _torch_device(device)
-    compute = torch.bfloat16 if dev.type == "cuda" else getattr(torch, cpu_dtype)
+    compute = getattr(torch, cpu_dtype)
     # on CPU a 4-bit model keeps its other weights (embeddings, norms, head) and so its residual
     # stream in float32 and rounds only the 4-bit matmuls' inputs to ``compute`` (as
     # prepare_model_for_kbit_training does): a bf16 residual stream moved iLoRA's candidate
@@ -377,7 +342,7 @@ def _load_backbone(name: str, quant: str, device: str, cache: Path | None, cpu_d
         converted = _converted_folder(cache, wheel)
         suffix = dtype_name if compute == dtype else f"{dtype_name}-compute-{compute_name}"
         quantized_copy = converted.with_name(f"{converted.name}-nf4-{suffix}")
-        copy_manifest = verified_manifest(quantized_copy) if quant == "nf4" else None
+        copy_manifest = verified_manifest(quantized_copy, _log) if quant == "nf4" else None
         if copy_manifest is not None:  # bitsandbytes' CPU quantizer takes ~15 s
             source, quantized_copy = quantized_copy, None
             weights_sha = copy_manifest.get("source_weights_sha256")

@@ -12,12 +12,16 @@ exports the absolute path to its cells); a root inside the repository is refused
         hf-datasets/    Arrow caches of tokenized prompts
         recbole-models/ trained RecBole weights reused by frozen encoders (baselines/trained_model_cache.py)
 
-Temporary files and folders carry their writer's PID; one whose writer is gone (a killed build) is
-deleted the next time anything is written beside it.
+A folder built once and read many times (a converted backbone, trained RecBole weights) carries a
+``manifest.json`` with the sha256 of every file in it (:func:`write_manifest`), checked on every
+read (:func:`verified_manifest`). Temporary files and folders carry their writer's PID; one whose
+writer is gone (a killed build) is deleted the next time anything is written beside it.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import re
 import shutil
@@ -25,6 +29,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ENV_VAR = "LLMREC_BENCH_CACHE"
 MARKER = ".llmrec-bench-cache"
@@ -32,6 +37,9 @@ MARKER = ".llmrec-bench-cache"
 SUBFOLDERS = ("raw", "tables", "protocols", "methods", "backbones", "hf-datasets")
 REPO = Path(__file__).resolve().parents[2]
 _TEMP = re.compile(r"\..+\.pid(\d+)\..+")
+MANIFEST = "manifest.json"
+
+_log = logging.getLogger(__name__)
 
 
 class CacheError(RuntimeError):
@@ -141,3 +149,50 @@ def clean_cache() -> Path:
         elif child.exists() or child.is_symlink():
             child.unlink()
     return root
+
+
+# --------------------------------------------------------------------------------------------------
+# Folders that carry the sha256 of every file (converted backbones, trained RecBole weights)
+
+
+def _folder_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(folder: Path, **extra: Any) -> dict[str, Any]:
+    """Write ``folder/manifest.json``: the sha256 of every other file in ``folder``, plus ``extra``."""
+    manifest = {"files": {name: sha256_file(folder / name) for name in _folder_files(folder)}, **extra}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+def verified_manifest(folder: Path, log: logging.Logger = _log) -> dict[str, Any] | None:
+    """``folder``'s manifest if every file in the folder is listed with its sha256 and every listed
+    file is there; else None, with one warning line on ``log`` (the caller's logger, whose last name
+    part prefixes the line) naming the first file that failed (none when the folder does not exist:
+    nothing was built yet)."""
+    who = log.name.rsplit(".", 1)[-1]
+    if not folder.exists():
+        return None
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise TypeError("'files' is not a mapping of file names to sha256")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("[%s] %s: the manifest is missing or unreadable (%s); rebuilding %s", who,
+                    path, " ".join(f"{type(err).__name__}: {err}".split())[:160], folder)
+        return None
+    for name in sorted(set(files) | set(_folder_files(folder))):
+        if name not in files:
+            why = "is not in the manifest"
+        elif not (folder / name).is_file():
+            why = "is missing"
+        elif sha256_file(folder / name) != files[name]:
+            why = "does not match its sha256 in the manifest"
+        else:
+            continue
+        log.warning("[%s] %s %s; rebuilding %s", who, folder / name, why, folder)
+        return None
+    return manifest

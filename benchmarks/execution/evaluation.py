@@ -21,12 +21,11 @@ from benchmarks.data import canonical, protocols
 from benchmarks.data.cards import load_card
 
 #: |one-by-one - batched| <= tol * (1 + |batched|) per score. Reference and conventional models are
-#: exact up to float32 reduction order; 4-bit LLM paths on CPU compute in bf16 (bitsandbytes
-#: dequantizes NF4 to bf16), and a batch pads prompts to one length, which moves bf16 logits.
-#: Largest differences seen in the ci suite on CPU: 6e-8 (DeepFM), 1.2e-7 (SASRec), 8.3e-5 (iLoRA).
-#: relative tolerance of the one-by-one against the batched scores, per family; an LLM whose matmuls
-#: compute in bf16 (its record's ``backbone.compute_dtype``) rounds differently per batch shape: iLoRA's
-#: candidate log-likelihoods (|score| ~ 25) moved by up to 0.26 between batch compositions (1e-2 x (1 + |score|))
+#: exact up to float32 reduction order; 4-bit LLM paths on CPU dequantize NF4 through bf16, and a
+#: batch pads prompts to one length, which moves their logits. Largest differences seen in the ci
+#: suite on CPU: 6e-8 (DeepFM), 1.2e-7 (SASRec), 8.3e-5 (iLoRA). An LLM whose matmuls compute in bf16
+#: (its record's ``backbone.compute_dtype``) rounds differently per batch shape: iLoRA's candidate
+#: log-likelihoods (|score| ~ 25) moved by up to 0.26 between batch compositions (1e-2 x (1 + |score|)).
 BATCH_TOLERANCE = {"reference": 1e-6, "conventional": 1e-4, "llm": 5e-3, "llm-bfloat16": 3e-2}
 
 
