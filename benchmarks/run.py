@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", help="how cells run: local (default) or ray (one Ray task per cell)")
     p.add_argument("--ray-address", help="--executor ray: the cluster's head, HOST:PORT or auto "
                                          "(default: $RAY_ADDRESS, else a private Ray instance on this machine)")
+    p.add_argument("--no-fork", action="store_true", help="--executor local: spawn every cell's process afresh "
+                   "instead of forking it from a warm process with its imports loaded (the default on CPU)")
     p.add_argument("--out", help="parent folder of run folders (default: results/runs)")
     p.add_argument("--dry-run", action="store_true", help="print the cells and the estimated cost, then exit")
     p.add_argument("--yes", action="store_true", help=f"start a run past {estimate.MAX_CELLS} cells or "
@@ -215,7 +217,9 @@ def _main(argv: list[str] | None) -> int:
         raise CliError("--ray-address needs --executor ray")
     if args.executor != "ray":  # a Ray driver needs no GPU; the executor checks the cluster's
         _check_device(suite)
-    options = {"address": args.ray_address} if args.ray_address else {}
+    if args.no_fork and args.executor != "local":
+        raise CliError("--no-fork needs --executor local (Ray tasks always spawn their cell's process)")
+    options = {"address": args.ray_address} if args.ray_address else {"fork": False} if args.no_fork else {}
     run_dir.mkdir(parents=True, exist_ok=args.resume is not None)
     with run_folder.locked(run_dir):
         if saved is not None:

@@ -327,6 +327,7 @@ def test_a_full_disk_during_a_run_says_how_many_records_were_kept(tmp_path, monk
 # ------------------------------------------------------------------------------------- interrupts
 
 SLEEPER = '''
+import os
 import time
 import numpy as np
 from benchmarks.registry import register_method
@@ -336,7 +337,7 @@ class Sleeper:
     def __init__(self, config, ctx):
         pass
     def fit(self, data):
-        print("fitting", flush=True)
+        print("fitting in", os.getpid(), flush=True)
         time.sleep(120)
     def score(self, samples):
         return np.full(len(samples), 0.5)
@@ -345,13 +346,25 @@ class Sleeper:
 '''
 
 
-def _cell_processes(run_dir: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if "benchmarks.execution.cell" in cmdline and any(str(run_dir) in part for part in cmdline):
-            found.append(proc)
-    return found
+def _started_by(run: subprocess.Popen) -> list[psutil.Process]:
+    """Every process the run started and that still runs (its fork servers and the cell they forked)."""
+    return [p for p in psutil.Process(run.pid).children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _cell_pid(run_dir: Path) -> str:
+    (log,) = run_dir.glob("logs/*sleeper*.log")
+    return log.read_text().split("fitting in", 1)[1].split()[0]
+
+
+def _still_running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for proc in processes:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
 
 
 def _start_sleeping_run(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
@@ -373,6 +386,8 @@ def _start_sleeping_run(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupt_stops_the_cell_keeps_the_records_and_says_how_to_resume(tmp_path, sig):
     proc, run_dir = _start_sleeping_run(tmp_path)
+    started = _started_by(proc)
+    assert started
     proc.send_signal(sig)  # to the run alone, not its process group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -380,15 +395,16 @@ def test_an_interrupt_stops_the_cell_keeps_the_records_and_says_how_to_resume(tm
     assert len(lines) == 1 and f"--resume {run_dir}" in lines[0] and "Traceback" not in err, err
     assert [r["method"] for r in read_records(run_dir)] == ["pop"]
     time.sleep(1)
-    assert not _cell_processes(run_dir)
+    assert not _still_running(started)
 
 
 def test_a_killed_run_takes_its_cell_with_it(tmp_path):
     proc, run_dir = _start_sleeping_run(tmp_path)
-    assert _cell_processes(run_dir)
+    started = _started_by(proc)
+    assert any(p.pid == int(_cell_pid(run_dir)) for p in started)  # the sleeping cell's process among them
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 10
-    while _cell_processes(run_dir) and time.monotonic() < deadline:
+    while _still_running(started) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _cell_processes(run_dir)
+    assert not _still_running(started)

@@ -1,7 +1,10 @@
-"""The local executor: each cell in its own Python process (``python -m benchmarks.execution.cell``),
-one after another; also what a Ray task runs on its node.
+"""The local executor: each cell in its own Python process, one after another; also what a Ray task
+runs on its node.
 
-A process per cell frees all memory (GPU included) between cells, makes the process peak RSS the
+On CPU the process is forked from a warm server that has the cell's heavy imports loaded
+(:mod:`benchmarks.execution.forkserver`); on CUDA, with ``--no-fork``, or when a server cannot start,
+it is spawned as ``python -m benchmarks.execution.cell``. Either way it is a process of its own: a
+process per cell frees all memory (GPU included) between cells, makes the process peak RSS the
 cell's own peak, and contains crashes: a cell that dies (segfault, out-of-memory kill) or outlives
 ``budget.cell_timeout_s`` is recorded as failed, with the peak RSS the parent saw, and the suite goes
 on. The cell's process dies with this one (``PR_SET_PDEATHSIG``). Its record is finished here, where
@@ -10,8 +13,6 @@ the test labels are read (:func:`benchmarks.execution.evaluation.finish`).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -20,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from benchmarks import records
+from benchmarks import records, registry
 from benchmarks.execution import evaluation
 from benchmarks.execution.cell import bundle_path, now
-from benchmarks.registry import ROOT
+from benchmarks.execution.forkserver import Launcher, forks_cells, profile_for
 from benchmarks.suite import Cell, Suite
 
 
@@ -46,15 +47,16 @@ def _failed(suite: Suite, cell: Cell, run_id: str, kind: str, message: str, peak
     }
 
 
-def run_in_subprocess(suite_file: Path, suite: Suite, cell: Cell, run_dir: Path, run_id: str) -> dict:
-    """Run one cell in a child process; always returns a record (ok or failed)."""
+def run_in_subprocess(suite_file: Path, suite: Suite, cell: Cell, run_dir: Path, run_id: str,
+                      launcher: Launcher | None = None) -> dict:
+    """Run one cell in a process of its own (forked by ``launcher``'s servers, else spawned); always
+    returns a record (ok or failed)."""
     out = run_dir / "work" / f"{records.cell_file_stem(cell.key)}.json"
     out.unlink(missing_ok=True)
-    log = open(run_dir / "logs" / f"{records.cell_file_stem(cell.key)}.log", "wb")
-    cmd = [sys.executable, "-m", "benchmarks.execution.cell", str(suite_file), json.dumps(asdict(cell)), str(run_dir),
-           str(out)]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                            preexec_fn=_die_with_parent)
+    log_path = run_dir / "logs" / f"{records.cell_file_stem(cell.key)}.log"
+    argv = [str(suite_file), json.dumps(asdict(cell)), str(run_dir), str(out)]
+    proc = (launcher or Launcher(run_dir / "logs", fork=False)).start(
+        argv, log_path, profile_for(registry.get_entry(cell.method).target))
     watched = psutil.Process(proc.pid)
     peak, start = 0.0, time.monotonic()
     try:
@@ -72,10 +74,8 @@ def run_in_subprocess(suite_file: Path, suite: Suite, cell: Cell, run_dir: Path,
     except BaseException:
         proc.kill()
         raise
-    finally:
-        log.close()
     if proc.returncode != 0 or not out.exists():
-        tail = (run_dir / "logs" / f"{records.cell_file_stem(cell.key)}.log").read_text(errors="replace")[-4000:]
+        tail = log_path.read_text(errors="replace")[-4000:] if log_path.exists() else ""
         last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
         return _failed(suite, cell, run_id, "CellProcessDied",
                        f"exit code {proc.returncode}: {last}", peak or None, tail)
@@ -90,15 +90,12 @@ def run_in_subprocess(suite_file: Path, suite: Suite, cell: Cell, run_dir: Path,
     return evaluation.finish(record, bundle, run_dir)
 
 
-def _die_with_parent() -> None:
-    """In the cell's process, before it starts: SIGKILL it when the process that started it dies (a
-    SIGTERM or SIGKILL sent to the run alone leaves no cell running)."""
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def run_local(suite_file: Path, suite: Suite, todo: list[Cell], run_dir: Path, run_id: str) -> Iterator[dict]:
-    for cell in todo:
-        yield run_in_subprocess(suite_file, suite, cell, run_dir, run_id)
+def run_local(suite_file: Path, suite: Suite, todo: list[Cell], run_dir: Path, run_id: str,
+              fork: bool = True) -> Iterator[dict]:
+    """``--executor local``; ``fork=False`` (``--no-fork``) spawns every cell's process afresh."""
+    launcher = Launcher(run_dir / "logs", fork=fork and forks_cells(suite.device))
+    try:
+        for cell in todo:
+            yield run_in_subprocess(suite_file, suite, cell, run_dir, run_id, launcher)
+    finally:
+        launcher.close()
