@@ -74,7 +74,7 @@ def fit_recbole(settings: RecBoleSettings, task: str, data: FitData, ctx: CellCo
         folder = trained_model_cache.entry_folder(ctx.cache_dir, settings, key)
         if reuse and trained_model_cache.load_into(net.model, folder):
             net.model.eval()
-            trained_model_cache.announce(f"cache hit: {settings.model} loaded from {folder} (not retrained)")
+            trained_model_cache.announce(settings.model, "loaded", folder)
             return net
 
     def evaluate() -> float:
@@ -84,7 +84,7 @@ def fit_recbole(settings: RecBoleSettings, task: str, data: FitData, ctx: CellCo
               metric.higher_is_better)
     if folder is not None:
         trained_model_cache.store(net.model, folder, key)
-        trained_model_cache.announce(f"trained {settings.model}; stored in {folder}")
+        trained_model_cache.announce(settings.model, "trained", folder)
     return net
 
 

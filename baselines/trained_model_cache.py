@@ -91,6 +91,12 @@ def store(model, folder: Path, key: dict[str, Any]) -> None:
         write_manifest(tmp, key=key)
 
 
-def announce(message: str) -> None:
-    """One line in the cell's log (stderr), so a run shows which encoder it trained or reused."""
+def announce(model: str, origin: str, folder: Path) -> None:
+    """Say that ``model`` was ``"trained"`` (and stored in ``folder``) or ``"loaded"`` from it: one line
+    in the cell's log (stderr) and an entry of ``record.encoders`` (:mod:`benchmarks.execution.encoder_log`)."""
+    from benchmarks.execution import encoder_log
+
+    encoder_log.note(model, origin, folder.name)
+    message = (f"cache hit: {model} loaded from {folder} (not retrained)" if origin == "loaded"
+               else f"trained {model}; stored in {folder}")
     print(f"[encoders] {message}", file=sys.stderr, flush=True)

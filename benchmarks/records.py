@@ -55,6 +55,7 @@ class CellRecord:
     isolation: dict | None = None   # how the method's process was kept from label files: sandbox.confine
     batch_check: dict | None = None  # one-by-one vs batched scores: evaluation.check_batch_invariance
     padding: dict | None = None     # {"fit"|"score": {"tokens", "slots", "waste"}}: execution/padding.py
+    encoders: list | None = None    # [{"model", "origin": "trained"|"loaded", "entry"}]: execution/encoder_log.py
     provenance: dict | None = None  # the method's source: in-tree file + sha256, or plugin distribution
     data_quality: dict | None = None  # what reading the raw files dropped or refused, with the policy
     started_at: str = ""

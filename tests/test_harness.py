@@ -61,6 +61,18 @@ def test_records_carry_what_reproduces_them(ci_records):
             assert r["padding"] is None, "nothing is padded outside the LLM methods"
 
 
+def test_records_say_which_encoder_a_cell_trained_and_which_it_loaded(ci_records, ci_run):
+    cells = {r["method"]: r for r in ci_records if r["task"] == "next_item"}
+    (stored,) = cells["sasrec"]["encoders"]  # a conventional cell always trains, and stores what an encoder can reuse
+    assert stored["model"] == "SASRec" and stored["origin"] == "trained" and stored["entry"].startswith("SASRec-")
+    for method in ("ilora", "lora-seq"):  # their frozen SASRec is that cell's model: loaded, not trained again
+        assert cells[method]["encoders"] == [{**stored, "origin": "loaded"}], method
+    assert cells["pop"]["encoders"] is None and cells["itemknn"]["encoders"] is None
+    rows = {line.split("|")[3].strip(): line.split("|")[5].strip()  # method -> train s
+            for line in (ci_run[0] / "latency.md").read_text().splitlines() if "| next_item |" in line}
+    assert rows["ilora"].endswith("*") and not rows["sasrec"].endswith("*")
+
+
 def test_padding_phase_counts_only_what_was_added_between_two_readings():
     from benchmarks.execution import padding
 

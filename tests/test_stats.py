@@ -162,3 +162,68 @@ def test_a_few_shot_curve_is_grouped_in_numeric_order_full_last():
 
     made = [{"status": "ok", "dataset": "d", "task": "ctr", "method": "m", "shots": s} for s in ("full", 256, 16, 64)]
     assert [key[3] for key in group_records(made)] == ["16", "64", "256", "full"]
+
+
+def _seeds_with_accuracies(accuracies: list[float], n: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """All-positive labels and one run per seed whose accuracy is exactly the given value."""
+    labels = np.ones(n, dtype=int)
+    return labels, [np.where(np.arange(n) < round(a * n), 0.9, 0.1) for a in accuracies]
+
+
+def test_the_interval_covers_the_seeds_and_corrects_their_small_sample_variance():
+    labels, runs = _seeds_with_accuracies([0.6, 0.7, 0.8], 20000)  # test-sample noise ~0.003, seeds 0.1 apart
+    interval = stats.bootstrap_interval("accuracy", labels, runs)
+    samples_only = stats.bootstrap_interval("accuracy", labels, [np.mean(runs, axis=0) >= 0.5])
+    assert interval.estimate == pytest.approx(0.7)
+    assert (samples_only.high - samples_only.low) / 2 < 0.01  # what ignoring the seeds would show
+    # three seeds drawn with replacement reach the all-worst and all-best draws (1/27 each > 2.5%):
+    # the interval's ends are the extreme seeds' deviations, 0.1, scaled by sqrt(3 / 2)
+    half = np.sqrt(1.5) * 0.1
+    assert interval.low == pytest.approx(0.7 - half, abs=0.01) and interval.high == pytest.approx(0.7 + half, abs=0.01)
+
+
+def test_resampled_seed_mean_has_the_unbiased_variance_of_a_seed_mean():
+    per_seed = np.repeat(np.array([[0.2], [0.5], [0.6], [0.9]]), 20000, axis=1)  # 4 seeds, no sample noise
+    draws = stats.seed_draws(4, 20000, 3)
+    means = stats.resampled_seed_mean(per_seed, draws)
+    assert means.var() == pytest.approx(per_seed[:, 0].var(ddof=1) / 4, rel=0.05)
+    assert np.allclose(stats.resampled_seed_mean(per_seed[:1], draws[:, :1]), 0.2)  # one seed: itself
+
+
+def test_paired_seeds_remove_what_the_two_runs_share():
+    labels, runs_a = _seeds_with_accuracies([0.6, 0.7, 0.8], 4000)
+    _, runs_b = _seeds_with_accuracies([0.62, 0.72, 0.82], 4000)  # each seed 0.02 better: a shared seed effect
+    paired = stats.paired_bootstrap("accuracy", labels, runs_b, runs_a, paired_seeds=True)
+    independent = stats.paired_bootstrap("accuracy", labels, runs_b, runs_a)
+    assert paired.delta == pytest.approx(0.02) and independent.delta == pytest.approx(0.02)
+    assert paired.low > 0 and paired.p_value < 0.01  # the shift is seen through the seed spread
+    assert independent.low < 0 < independent.high and independent.p_value > 0.2
+    with pytest.raises(ValueError, match="as many runs"):
+        stats.paired_bootstrap("accuracy", labels, runs_b[:2], runs_a, paired_seeds=True)
+
+
+def test_p_value_is_two_sided_and_never_zero():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 400)
+    good = np.clip(0.25 + 0.5 * labels + rng.normal(0, 0.15, 400), 0.01, 0.99)
+    noise = rng.random(400)
+    forward = stats.paired_bootstrap("auc", labels, [good], [noise])
+    backward = stats.paired_bootstrap("auc", labels, [noise], [good])
+    assert forward.p_value == backward.p_value == pytest.approx(2 / 1001)
+    same = stats.paired_bootstrap("auc", labels, [good], [good.copy()])
+    assert same.p_value == 1.0
+
+
+def test_holm_adjustment_of_a_worked_example():
+    # sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> raised to 0.06
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    got = stats.holm([0.02, float("nan"), 0.01])  # NaN stays NaN and is not counted in m
+    assert np.isnan(got[1]) and got[0] == pytest.approx(0.02) and got[2] == pytest.approx(0.02)
+
+
+def test_run_tables_carry_holm_adjusted_p_values(ci_run):
+    from benchmarks.reporting import report
+    text = (ci_run[0] / "accuracy.md").read_text()
+    assert "p (Holm)" in text and "Holm-Bonferroni" in report.PAIRED_NOTE
+    assert "and seeds" in report.CI_NOTE

@@ -34,8 +34,15 @@ from benchmarks.contract import CellContext, FitData, without_labels
 from benchmarks.data import canonical, protocols, sources
 from benchmarks.data.cache import ENV_VAR, cache_root, method_cache
 from benchmarks.data.cards import known_cards, load_card
-from benchmarks.execution import env, evaluation, padding, sandbox
-from benchmarks.execution.timing import Timing, record_memory, reset_peak_memory, timed_fit, timed_score
+from benchmarks.execution import encoder_log, env, evaluation, padding, sandbox
+from benchmarks.execution.timing import (
+    Timing,
+    record_memory,
+    release_freed_memory,
+    reset_peak_memory,
+    timed_fit,
+    timed_score,
+)
 from benchmarks.suite import Cell, Suite, config_dict, config_hash
 
 
@@ -107,6 +114,7 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
         test = without_labels(evaluation.evaluation_split(protocol, "test", budget.eval_cap)).copy()
         del data, protocol  # the interactions and the test labels: nothing in this process holds them now
         gc.collect()
+        release_freed_memory()
         n_candidates = card.protocols[cell.task].get("n_candidates")
 
         def validate(scores: np.ndarray) -> dict[str, float]:
@@ -134,6 +142,7 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
         record.padding = {name: value for name, value in (("fit", padding.phase(before_fit, after_fit)),
                                                           ("score", padding.phase(after_fit, padding.totals())))
                           if value is not None} or None
+        record.encoders = encoder_log.events() or None
         bundle = {"sample_id": test["sample_id"].to_numpy(), "score": np.asarray(scores, dtype=np.float64),
                   "probe": np.concatenate(probes).astype(np.float64) if probes else np.zeros((0,))}
         counts = method.parameter_counts()

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import ctypes
 import resource
 import sys
 import time
@@ -33,6 +34,20 @@ def synchronize(device: str) -> None:
 def reset_peak_memory(device: str) -> None:
     if device.startswith("cuda") and "torch" in sys.modules:
         sys.modules["torch"].cuda.reset_peak_memory_stats()
+
+
+def release_freed_memory() -> None:
+    """Hand memory that is already freed back to the OS: Arrow's pool keeps freed buffers, and glibc keeps
+    freed heap pages, for reuse. The harness calls it after dropping the protocol's tables, so that a
+    method's peak RSS stacks on what the process still holds (ML-100K ctr: about 100 MiB less), not on
+    tables nobody references."""
+    arrow = sys.modules.get("pyarrow")
+    if arrow is not None:
+        arrow.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def peak_memory_mb(device: str) -> tuple[float, str]:

@@ -7,7 +7,8 @@ group present in both runs it prints, on the primary metric (:data:`benchmarks.r
 
 * A's and B's mean ± std over seeds (the seed-to-seed spread a change has to stay within);
 * Δ = B − A of the seed means with its paired bootstrap 95% interval (both runs resampled on the
-  same test samples, :func:`benchmarks.reporting.stats.paired_bootstrap`);
+  same test samples and the same draw of seeds, seed i of A paired with seed i of B: they share the
+  few-shot subset and the initialization; :func:`benchmarks.reporting.stats.paired_bootstrap`);
 * ``within spread``: whether |Δ| is at most A's seed std, and whether the interval contains 0;
 * the ratios B / A of the median training seconds, scoring throughput and peak memory.
 
@@ -53,8 +54,8 @@ def compare(run_a: Path, run_b: Path) -> list[list]:
     for key in sorted(set(groups_a) & set(groups_b)):
         a, b = groups_a[key], groups_b[key]
         seeds = sorted({r["seed"] for r in a} & {r["seed"] for r in b})
-        a = [r for r in a if r["seed"] in seeds]
-        b = [r for r in b if r["seed"] in seeds]
+        a = sorted((r for r in a if r["seed"] in seeds), key=lambda r: r["seed"])
+        b = sorted((r for r in b if r["seed"] in seeds), key=lambda r: r["seed"])
         scores_a, scores_b = stats.load_group(run_a, a), stats.load_group(run_b, b)
         if scores_a is None or scores_b is None:
             continue
@@ -64,7 +65,7 @@ def compare(run_a: Path, run_b: Path) -> list[list]:
         per_seed_b = [METRICS[metric].fn(labels, s) for s in runs_b]
         mean_a, std_a = stats.mean_std(per_seed_a)
         mean_b, std_b = stats.mean_std(per_seed_b)
-        paired = stats.paired_bootstrap(metric, labels, runs_b, runs_a)
+        paired = stats.paired_bootstrap(metric, labels, runs_b, runs_a, paired_seeds=True)  # seed i: same subset
         within = std_a is not None and abs(paired.delta) <= std_a
         rows.append(["/".join(key[:3]) + f" shots={key[3]}", metric, len(seeds), paired.n,
                      f"{mean_a:.4f} ± {std_a or 0:.4f}", f"{mean_b:.4f} ± {std_b or 0:.4f}",

@@ -8,13 +8,23 @@ from html import escape as html_escape
 from pathlib import Path
 
 from benchmarks import records
-from benchmarks.reporting import html_report, plots, published, stats, tables
+from benchmarks.reporting import html_report, plots, published, stats, tables, verdict
 
-CI_NOTE = (f"Values: mean ± std over seeds; in brackets the 95% bootstrap interval over test samples "
-           f"({stats.N_RESAMPLES} resamples, seed {stats.SEED}; AUC is recomputed over each resample's pairs).")
-PAIRED_NOTE = ("Paired bootstrap on the same test samples and resamples: the best method of each setting by "
-               f"its primary metric ({', '.join(f'{t}: {m}' for t, m in stats.PRIMARY_METRIC.items())}) against "
-               "every other; P(A better) counts ties as one half.")
+CI_NOTE = (f"Values: mean ± std over seeds; in brackets the 95% bootstrap interval over test samples and seeds "
+           f"({stats.N_RESAMPLES} resamples, seed {stats.SEED}: each resample draws the test samples, shared by "
+           "the seeds, and the seeds with replacement, their deviations scaled by √(S/(S−1)); AUC is recomputed "
+           "over each resample's pairs).")
+PAIRED_NOTE = ("Paired bootstrap on the same test samples and resamples, seeds drawn independently per method: the "
+               f"best method of each setting by its primary metric "
+               f"({', '.join(f'{t}: {m}' for t, m in stats.PRIMARY_METRIC.items())}) against every other; "
+               "P(A better) counts ties as one half; p (Holm): the two-sided bootstrap p-value of Δ = 0, "
+               "Holm-Bonferroni-adjusted over every row of its table.")
+VERDICT_NOTE = ("Per dataset and task, the best LLM cell against the best conventional cell, each by the task's "
+                "primary metric (any shots), on the same test samples: Δ = LLM − conventional with its 95% interval "
+                "over test samples and seeds, the two-sided p-value Holm-adjusted over this table's rows, and the "
+                "cost ratios LLM / conventional of the seed medians (an LLM's training time includes the frozen "
+                "encoder it loaded when this run trained it). 'better' needs an adjusted p-value of at most "
+                f"{verdict.ALPHA}.")
 PUBLISHED_NOTE = ("Published numbers (results/paper/*.yaml) beside the measured group with the same dataset, task, "
                   "method and shots. Δ is shown only where the run meets the paper's setting (comparable); "
                   "otherwise the measured value is in parentheses and the unmet conditions are listed.")
@@ -43,11 +53,14 @@ def write_reports(run_dir: Path) -> str:
     shown = [c for c in comparisons if (c.published.dataset, c.published.task) in measured_settings]
     elsewhere = [c for c in comparisons if (c.published.dataset, c.published.task) not in measured_settings]
 
+    headline = verdict.verdicts(run_stats.llm_vs_conventional, groups, intervals)
+
+    def verdict_text(fmt: str) -> str:
+        return f"{tables.verdict_table(headline, fmt)}\n\n"
+
     def accuracy_text(fmt: str) -> str:
         text = (f"{tables.accuracy_table(recs, fmt, intervals)}\n\n{tables.heading('paired comparisons', fmt)}"
-                f"{tables.paired_table(run_stats.paired, fmt)}\n\n"
-                f"{tables.heading('LLM against conventional (best of each family, any shots)', fmt)}"
-                f"{tables.llm_vs_conventional_table(run_stats.llm_vs_conventional, fmt)}\n")
+                f"{tables.paired_table(run_stats.paired, fmt)}\n")
         failed = tables.failures(recs, fmt)
         return text + (f"\n{failed}\n" if failed else "")
 
@@ -56,8 +69,11 @@ def write_reports(run_dir: Path) -> str:
                 f"{tables.published_table(shown, fmt, intervals)}\n")
 
     latency_note = ("Latency: batch size 1 after warm-up; samples/s at the suite batch size; peak memory per "
-                    "cell process.")
-    accuracy = f"## Accuracy\n\n{header} {CI_NOTE} {PAIRED_NOTE}\n\n{accuracy_text('github')}"
+                    f"cell process. A train s marked {tables.LOADED_ENCODER_MARK} leaves out the frozen encoder the "
+                    "cell loaded instead of training (the conventional cell of the same seed trained it: add its "
+                    "train s for the whole pipeline).")
+    accuracy = (f"## Verdict\n\n{header} {VERDICT_NOTE}\n\n{verdict_text('github')}"
+                f"## Accuracy\n\n{CI_NOTE} {PAIRED_NOTE}\n\n{accuracy_text('github')}")
     latency = f"## Latency and cost\n\n{header} {latency_note}\n\n{tables.latency_table(recs)}\n"
     paper = (f"## Paper-style table\n\n{header} Seed means (± std); the best of each column in bold. "
              f"{PUBLISHED_NOTE}\n\n{paper_text('github')}"
@@ -65,7 +81,7 @@ def write_reports(run_dir: Path) -> str:
     (run_dir / "accuracy.md").write_text(accuracy)
     (run_dir / "latency.md").write_text(latency)
     (run_dir / "paper_table.md").write_text(paper)
-    (run_dir / "accuracy.tex").write_text(accuracy_text("latex"))
+    (run_dir / "accuracy.tex").write_text(verdict_text("latex") + accuracy_text("latex"))
     (run_dir / "latency.tex").write_text(tables.latency_table(recs, "latex") + "\n")
     (run_dir / "paper_table.tex").write_text(paper_text("latex"))
     tables.write_summary_csv(recs, run_dir / "summary.csv", intervals)
@@ -74,6 +90,7 @@ def write_reports(run_dir: Path) -> str:
                                         title=f"{saved.get('run_id', run_dir.name)}: accuracy against cost")
     plain_header = header.replace("`", "")
     html_report.write_html(run_dir, f"llmrec-bench run {saved.get('run_id', run_dir.name)}", plain_header, [
+        ("Verdict", f'<p class="note">{html_escape(VERDICT_NOTE)}</p>\n{verdict_text("html")}'),
         ("Accuracy", f'<p class="note">{html_escape(CI_NOTE)} {html_escape(PAIRED_NOTE)}</p>\n{accuracy_text("html")}'),
         ("Paper-style table and published numbers",
          f'<p class="note">{html_escape(PUBLISHED_NOTE)}</p>\n{paper_text("html")}'

@@ -12,15 +12,27 @@ evaluated as a count-weighted metric for all resamples at once:
   pair of the resample, each pair weighted by ``w_i * w_j`` and ties counted 1/2 (the pairs of the
   resampled set, not a per-sample mean). A resample with a single class gives NaN and is skipped.
 
-With several seeds on the same samples the statistic is the seed mean, computed on each resample, so
-the interval covers test-sample variability of the number the table shows.
+Seeds (a two-level bootstrap: test samples, then seeds). With S > 1 seeds scored on the same test
+samples, every resample draws the samples' counts (shared by all seeds: they scored the same samples)
+and S seeds with replacement. The statistic is the seed mean; the drawn seeds enter through their
+deviations from that resample's seed mean, scaled by sqrt(S / (S - 1)), so that the seed part of the
+bootstrap variance is the unbiased s^2 / S rather than the plain bootstrap's (S - 1) / S of it (which
+is a third too small at S = 3). The interval so covers both the test samples a researcher happened to
+score and the training seeds they happened to use. With one seed it is the test-sample bootstrap.
 
 Paired comparison: both methods are evaluated on the SAME resampled counts (samples matched by
-``sample_id``), so the interval of the difference keeps the correlation between the methods.
+``sample_id``), so the interval of the difference keeps the correlation between the methods. Their
+seeds are drawn independently (two methods' seeds are separate training runs), or, with
+``paired_seeds``, as one draw of seed indices for both: for two runs of one method that differ in one
+setting, where seed i of A and of B share the few-shot subset and the initialization.
+
+p-value of a paired comparison: two-sided, from the bootstrap distribution of the difference,
+``min(1, 2 (min(#{diff <= 0}, #{diff >= 0}) + 1) / (B + 1))`` (the +1 keeps it above zero with B
+resamples). A table of many comparisons reports Holm-Bonferroni-adjusted p-values (:func:`holm`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -98,8 +110,29 @@ def weighted_metric(name: str, labels: np.ndarray, scores: np.ndarray, counts: n
     return counts @ values / counts.shape[1]
 
 
-def _seed_mean(name: str, labels: np.ndarray, runs: list[np.ndarray], counts: np.ndarray) -> np.ndarray:
-    return np.mean([weighted_metric(name, labels, scores, counts) for scores in runs], axis=0)
+@lru_cache(maxsize=8)
+def seed_draws(n_seeds: int, n_resamples: int = N_RESAMPLES, seed: int = SEED, stream: int = 0) -> np.ndarray:
+    """[n_resamples, n_seeds] indices of the seeds each resample draws, with replacement (read-only).
+    ``stream`` gives an independent draw (method B of a comparison whose seeds are not paired)."""
+    draws = np.random.default_rng([seed, n_seeds, stream]).integers(0, n_seeds, size=(n_resamples, n_seeds))
+    draws.flags.writeable = False
+    return draws
+
+
+def resampled_seed_mean(per_seed: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """[B] seed means of ``per_seed`` ([S, B]: each seed's metric on each resample) with the seeds of
+    ``draws`` ([B, S]): the resample's seed mean plus the drawn seeds' mean deviation from it, scaled
+    by sqrt(S / (S - 1)) (module docstring). One seed: its values."""
+    n_seeds = per_seed.shape[0]
+    mean = per_seed.mean(axis=0)
+    if n_seeds == 1:
+        return mean
+    deviations = (per_seed - mean).T  # [B, S]
+    return mean + np.sqrt(n_seeds / (n_seeds - 1)) * np.take_along_axis(deviations, draws, axis=1).mean(axis=1)
+
+
+def _per_seed(name: str, labels: np.ndarray, runs: list[np.ndarray], counts: np.ndarray) -> np.ndarray:
+    return np.stack([weighted_metric(name, labels, scores, counts) for scores in runs])
 
 
 @dataclass(frozen=True)
@@ -116,10 +149,11 @@ class Interval:
 def bootstrap_interval(name: str, labels: np.ndarray, runs: list[np.ndarray], *, n_resamples: int = N_RESAMPLES,
                        seed: int = SEED, level: float = LEVEL) -> Interval:
     """Percentile interval of metric ``name`` (mean over the seeds' ``runs``, each scored on the same
-    ``labels``, in the same sample order)."""
+    ``labels``, in the same sample order), over test samples and seeds (module docstring)."""
     labels = np.asarray(labels)
     estimate = float(np.mean([METRICS[name].fn(labels, scores) for scores in runs]))
-    values = _seed_mean(name, labels, runs, resample_counts(len(labels), n_resamples, seed))
+    per_seed = _per_seed(name, labels, runs, resample_counts(len(labels), n_resamples, seed))
+    values = resampled_seed_mean(per_seed, seed_draws(len(runs), n_resamples, seed))
     values = values[~np.isnan(values)]
     if values.size == 0:
         return Interval(estimate, float("nan"), float("nan"), len(labels), 0)
@@ -132,7 +166,9 @@ def bootstrap_interval(name: str, labels: np.ndarray, runs: list[np.ndarray], *,
 class Paired:
     """A versus B on the same samples. ``delta`` = metric(A) - metric(B) on the full test set, with its
     bootstrap percentile interval; ``p_a_better`` = share of resamples where A is better in the metric's
-    direction (ties count one half, so identical inputs give 0.5 and a zero-width interval at 0)."""
+    direction (ties count one half, so identical inputs give 0.5 and a zero-width interval at 0);
+    ``p_value`` the two-sided bootstrap p-value of Δ = 0 (module docstring), ``p_holm`` the same
+    Holm-adjusted within the table it is shown in (None until :func:`holm_adjusted` sets it)."""
 
     metric: str
     delta: float
@@ -140,23 +176,66 @@ class Paired:
     high: float
     p_a_better: float
     n: int
+    p_value: float = float("nan")
+    p_holm: float | None = None
 
 
 def paired_bootstrap(name: str, labels: np.ndarray, runs_a: list[np.ndarray], runs_b: list[np.ndarray], *,
-                     n_resamples: int = N_RESAMPLES, seed: int = SEED, level: float = LEVEL) -> Paired:
-    """Paired bootstrap of metric ``name`` between methods A and B (seed means), same samples, same order."""
+                     paired_seeds: bool = False, n_resamples: int = N_RESAMPLES, seed: int = SEED,
+                     level: float = LEVEL) -> Paired:
+    """Paired bootstrap of metric ``name`` between methods A and B (seed means), same samples, same order;
+    seeds drawn independently for A and B, or (``paired_seeds``: runs_a[i] and runs_b[i] share seed i)
+    as one draw of seed indices applied to the per-seed differences.
+
+    Raises:
+        ValueError: ``paired_seeds`` with different numbers of seeds in A and B.
+    """
     labels = np.asarray(labels)
     counts = resample_counts(len(labels), n_resamples, seed)
     delta = float(np.mean([METRICS[name].fn(labels, s) for s in runs_a])
                   - np.mean([METRICS[name].fn(labels, s) for s in runs_b]))
-    diff = _seed_mean(name, labels, runs_a, counts) - _seed_mean(name, labels, runs_b, counts)
+    per_a, per_b = _per_seed(name, labels, runs_a, counts), _per_seed(name, labels, runs_b, counts)
+    if paired_seeds:
+        if len(runs_a) != len(runs_b):
+            raise ValueError(f"paired seeds need as many runs in A as in B ({len(runs_a)} and {len(runs_b)})")
+        diff = resampled_seed_mean(per_a - per_b, seed_draws(len(runs_a), n_resamples, seed))
+    else:
+        diff = (resampled_seed_mean(per_a, seed_draws(len(runs_a), n_resamples, seed))
+                - resampled_seed_mean(per_b, seed_draws(len(runs_b), n_resamples, seed, stream=1)))
     diff = diff[~np.isnan(diff)]
     if diff.size == 0:
         return Paired(name, delta, float("nan"), float("nan"), float("nan"), len(labels))
     better = diff > 0 if METRICS[name].higher_is_better else diff < 0
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(diff, [tail, 100 - tail])
-    return Paired(name, delta, float(low), float(high), float(better.mean() + 0.5 * (diff == 0).mean()), len(labels))
+    extreme = min(int((diff <= 0).sum()), int((diff >= 0).sum()))
+    p_value = min(1.0, 2 * (extreme + 1) / (diff.size + 1))
+    return Paired(name, delta, float(low), float(high), float(better.mean() + 0.5 * (diff == 0).mean()), len(labels),
+                  p_value)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (Holm 1979), in the input order: the i-th smallest of m is
+    multiplied by m - i + 1 (i from 1), then made non-decreasing in that order and capped at 1. A
+    comparison is significant at level alpha, with the family-wise error rate kept at alpha, when its
+    adjusted p-value is at most alpha. NaN stays NaN and does not count in m."""
+    values = np.asarray(p_values, dtype=float)
+    adjusted = np.full(values.shape, np.nan)
+    known = np.flatnonzero(~np.isnan(values))
+    order = known[np.argsort(values[known], kind="stable")]
+    m = order.size
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
+def holm_adjusted(rows: list[PairedRow]) -> list[PairedRow]:
+    """``rows`` with ``result.p_holm`` set: the Holm adjustment over every comparison in ``rows`` (one table)."""
+    adjusted = holm([row.result.p_value for row in rows])
+    return [replace(row, result=replace(row.result, p_holm=None if np.isnan(p) else p))
+            for row, p in zip(rows, adjusted)]
 
 
 @dataclass(frozen=True)
@@ -211,7 +290,8 @@ def align(a: GroupScores, b: GroupScores) -> tuple[np.ndarray, list[np.ndarray],
 
 @dataclass(frozen=True)
 class PairedRow:
-    """A paired comparison of methods ``a`` and ``b`` in one (dataset, task, shots)."""
+    """A paired comparison of methods ``a`` and ``b`` in one (dataset, task, shots); ``a_group`` and
+    ``b_group`` are their (dataset, task, method, shots) group keys."""
 
     dataset: str
     task: str
@@ -219,6 +299,8 @@ class PairedRow:
     a: str
     b: str
     result: Paired
+    a_group: tuple = ()
+    b_group: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -261,8 +343,9 @@ def run_statistics(run_dir: Path, groups: dict[tuple, list[dict]]) -> RunStatist
         for other in ranked[1:]:
             labels, runs_a, runs_b = align(scores[best], scores[other])
             paired.append(PairedRow(dataset, task, shots, best[2], other[2],
-                                    paired_bootstrap(metric, labels, runs_a, runs_b)))
-    return RunStatistics(intervals, paired, _llm_vs_conventional(scores, intervals, groups))
+                                    paired_bootstrap(metric, labels, runs_a, runs_b), best, other))
+    headline = _llm_vs_conventional(scores, intervals, groups)
+    return RunStatistics(intervals, holm_adjusted(paired), holm_adjusted(headline))
 
 
 def _llm_vs_conventional(scores: dict, intervals: dict, groups: dict[tuple, list[dict]]) -> list[PairedRow]:
@@ -284,5 +367,5 @@ def _llm_vs_conventional(scores: dict, intervals: dict, groups: dict[tuple, list
         labels, runs_a, runs_b = align(scores[llm], scores[conventional])
         a_name, b_name = f"{llm[2]}@{llm[3]}", f"{conventional[2]}@{conventional[3]}"
         rows.append(PairedRow(dataset, task, "best of each", a_name, b_name,
-                              paired_bootstrap(PRIMARY_METRIC[task], labels, runs_a, runs_b)))
+                              paired_bootstrap(PRIMARY_METRIC[task], labels, runs_a, runs_b), llm, conventional))
     return rows

@@ -137,15 +137,20 @@ def _count(n: int | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else str(n)
 
 
+#: after a train time that leaves out a frozen encoder the cell loaded instead of training (record.encoders)
+LOADED_ENCODER_MARK = "*"
+
+
 def latency_table(records: list[dict], tablefmt: str = "github") -> str:
     rows = []
     for key, rs in group_records(records).items():
         t = [r["timing"] for r in rs]
         params = rs[0].get("parameters") or {}
         backbone = rs[0].get("backbone") or {}
+        loaded = any(e["origin"] == "loaded" for r in rs for e in r.get("encoders") or ())
         rows.append([
             key[0], key[1], key[2], key[3],
-            fmt(*mean_std([x["train_seconds"] for x in t]), 1),
+            fmt(*mean_std([x["train_seconds"] for x in t]), 1) + (LOADED_ENCODER_MARK if loaded else ""),
             rate(*mean_std([x["train_samples_per_s"] for x in t])),
             fmt(*mean_std([x["latency_p50_ms"] for x in t]), 1),
             fmt(*mean_std([x["latency_p95_ms"] for x in t]), 1),
@@ -232,21 +237,41 @@ def paper_style_table(records: list[dict], tablefmt: str = "github") -> str:
 
 def paired_table(comparisons: list, tablefmt: str = "github", a_header: str = "A (best)", b_header: str = "B",
                  empty: str = "(fewer than two methods per task: nothing to compare)") -> str:
-    """Paired bootstraps (``stats.PairedRow``): Δ = A − B on the full test set, its 95% interval, and
-    P(A better); by default the best method of each (dataset, task, shots) against every other one."""
+    """Paired bootstraps (``stats.PairedRow``): Δ = A − B on the full test set, its 95% interval,
+    P(A better) and the Holm-adjusted p-value of Δ = 0 over the table's rows; by default the best method
+    of each (dataset, task, shots) against every other one."""
     rows = [[c.dataset, c.task, c.shots, c.a, c.b, arrow(c.result.metric), f"{c.result.delta:+.4f}",
-             f"[{c.result.low:+.4f}, {c.result.high:+.4f}]", f"{c.result.p_a_better:.3f}", c.result.n]
+             f"[{c.result.low:+.4f}, {c.result.high:+.4f}]", f"{c.result.p_a_better:.3f}",
+             "-" if c.result.p_holm is None else f"{c.result.p_holm:.3f}", c.result.n]
             for c in comparisons]
     headers = ["dataset", "task", "shots", a_header, b_header, "metric", "Δ = A − B", "95% CI of Δ", "P(A better)",
-               "n"]
+               "p (Holm)", "n"]
     return render(rows, headers, tablefmt) if rows else empty
 
 
-def llm_vs_conventional_table(comparisons: list, tablefmt: str = "github") -> str:
-    """The benchmark's question per (dataset, task): the best LLM method against the best conventional
-    one, whatever their shots, on the same test samples."""
-    return paired_table(comparisons, tablefmt, "A: best LLM", "B: best conventional",
-                        "(no task of this run has both an LLM and a conventional method)")
+def _times(ratio: float | None) -> str:
+    """A cost ratio: 3.39x, 0.572x, or 1/2,967x below 0.01."""
+    if ratio is None:
+        return "-"
+    return f"{ratio:.3g}x" if ratio >= 0.01 else f"1/{1 / ratio:,.0f}x"
+
+
+def verdict_table(verdicts: list, tablefmt: str = "github") -> str:
+    """The headline (``verdict.Verdict`` rows): per (dataset, task), the best LLM against the best
+    conventional cell, Δ with its interval and Holm p-value, the cost ratios and the reading."""
+    rows = []
+    for v in verdicts:
+        c, r = v.comparison, v.comparison.result
+        rows.append([c.dataset, c.task, c.a, c.b, arrow(r.metric), f"{v.values[0]:.4f}", f"{v.values[1]:.4f}",
+                     f"{r.delta:+.4f} [{r.low:+.4f}, {r.high:+.4f}]", r.n, f"{v.seeds[0]} / {v.seeds[1]}",
+                     "-" if r.p_holm is None else f"{r.p_holm:.3f}",
+                     *(_times(x) for x in v.ratios.values()), v.sentence])
+    costs = [f"{name} LLM/conv" for name in (verdicts[0].ratios if verdicts else ())]
+    headers = ["dataset", "task", "best LLM", "best conventional", "metric", "LLM", "conventional",
+               "Δ [95% CI]", "n", "seeds", "p (Holm)", *costs, "verdict"]
+    if not rows:
+        return "(no task of this run has both an LLM and a conventional method)"
+    return render(rows, headers, tablefmt)
 
 
 def published_table(comparisons: list, tablefmt: str = "github",
