@@ -8,7 +8,7 @@ from benchmarks.contract import CellContext, FitData, ParameterCounts
 from benchmarks.registry import register_method
 
 
-@register_method("random", tasks=("ctr", "next_item"), family="reference")
+@register_method("random", tasks=("ctr", "next_item"), family="reference", trains=False)
 class RandomGuess:
     def __init__(self, config: None, ctx: CellContext):
         self.seed = ctx.seed

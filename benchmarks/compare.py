@@ -13,6 +13,10 @@ on the key (dataset, protocol hash, method config hash, seed, shots):
   Latency and cost deltas are printed as ratios B / A and flagged beyond ``--latency-tol``; they never
   change the exit status (timings move with machine load).
 
+WARNING lines (they do not change the exit status either): the runs' ``env.json`` name another CPU
+model, GPU or library versions; or a primary metric moved within its tolerance but significantly on
+the same samples (paired bootstrap p <= 0.05), which a tolerance alone would pass as "OK".
+
 Exit status: 0 no accuracy regression; 1 an accuracy regression (a metric worse beyond tolerance, or a
 cell that finished in A and failed in B), each named on a REGRESSION line; 2 nothing could be compared
 or a cell was refused (the check did not run in full), an input could not be read (one line naming the
@@ -21,6 +25,7 @@ file), or the command line was wrong (a tolerance must be a finite number >= 0).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -34,6 +39,7 @@ from benchmarks.reporting import stats
 
 LATENCY_FIELDS = ("latency_p50_ms", "throughput_samples_per_s", "train_seconds", "peak_memory_mb")
 DEFAULT_LATENCY_TOL = 0.5   # relative: flag when B / A leaves [1/1.5, 1.5]
+SIGNIFICANT = 0.05          # a within-tolerance change with a paired p-value at most this gets a WARNING line
 
 EXAMPLES = """examples:
   python -m benchmarks.compare results/runs/ci-20261122-101500 results/runs/ci-20261123-091200
@@ -99,17 +105,33 @@ class Outcome:
     regressions: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     compared: int = 0
 
 
-def _paired_p(run_a: Path, run_b: Path, a: dict, b: dict) -> str:
-    """P(B better) on the primary metric by paired bootstrap over the shared samples ("" without scores)."""
+def _paired(run_a: Path, run_b: Path, a: dict, b: dict) -> stats.Paired | None:
+    """B against A on the primary metric by paired bootstrap over the shared samples (None without scores)."""
     group_a, group_b = stats.load_group(run_a, [a]), stats.load_group(run_b, [b])
     if group_a is None or group_b is None:
-        return ""
+        return None
     labels, runs_b, runs_a = stats.align(group_b, group_a)
-    result = stats.paired_bootstrap(stats.PRIMARY_METRIC[a["task"]], labels, runs_b, runs_a)
-    return f"{result.p_a_better:.3f}"
+    return stats.paired_bootstrap(stats.PRIMARY_METRIC[a["task"]], labels, runs_b, runs_a)
+
+
+def environment_differences(run_a: Path, run_b: Path) -> list[str]:
+    """The CPU model and library versions in which the two runs' ``env.json`` differ (each a line)."""
+    envs = []
+    for run in (run_a, run_b):
+        try:
+            envs.append(json.loads((run / "env.json").read_text()))
+        except (OSError, ValueError):
+            return [f"cannot read {run / 'env.json'}: the machines and libraries of the runs are unknown"]
+    a, b = envs
+    out = [f"CPU model: {a.get('cpu')} -> {b.get('cpu')}"] if a.get("cpu") != b.get("cpu") else []
+    if a.get("gpu") != b.get("gpu"):
+        out.append(f"GPU: {a.get('gpu')} -> {b.get('gpu')}")
+    out += [f"library {change}" for change in _changed(a.get("packages") or {}, b.get("packages") or {})]
+    return out
 
 
 def metric_change(name: str, va: float | None, vb: float | None, tol: float) -> tuple[float, str]:
@@ -181,8 +203,17 @@ def compare_runs(run_a: Path, run_b: Path, metric_tol: float | None = None,
         out.compared += 1
         tol = metric_tol if metric_tol is not None else TOLERANCE.get(a.get("family"), 0.0)
         changed = any(a["metrics"].get(m) != b["metrics"].get(m) for m in a["metrics"])
-        _compare_metrics(out, cell, a, b, tol, _paired_p(run_a, run_b, a, b) if changed else "")
+        paired = _paired(run_a, run_b, a, b) if changed else None
+        _compare_metrics(out, cell, a, b, tol, "" if paired is None else f"{paired.p_a_better:.3f}")
+        if paired is not None and paired.p_value <= SIGNIFICANT and \
+                abs(b["metrics"].get(paired.metric, math.nan) - a["metrics"].get(paired.metric, math.nan)) <= tol:
+            out.warnings.append(f"{cell}: {paired.metric} moved {paired.delta:+.4f}, within the tolerance {tol:g} "
+                                f"but significant on the same samples (paired bootstrap p = {paired.p_value:.3f})")
         _compare_latency(out, cell, a, b, latency_tol)
+    differences = environment_differences(run_a, run_b)
+    if differences and out.compared:
+        out.warnings.insert(0, "the runs differ in " + "; ".join(differences) + ": timings, and LLM metrics within "
+                            "their tolerance, can move for this reason alone")
     return out
 
 
@@ -203,6 +234,7 @@ def report(out: Outcome, run_a: Path, run_b: Path) -> str:
                   tabulate(out.latency_rows, headers=["cell", *LATENCY_FIELDS, "flag"], tablefmt="github",
                            disable_numparse=True)]
     lines += [""] + [f"note: {n}" for n in out.notes]
+    lines += [f"WARNING {w}" for w in out.warnings]
     lines += [f"REFUSED {r}" for r in out.refused]
     lines += [f"REGRESSION {r}" for r in out.regressions]
     if out.compared == 0 and not out.regressions:

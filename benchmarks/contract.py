@@ -23,7 +23,8 @@ column             dtype                      meaning
 =================  =========================  ===============================================
 ``sample_id``      int64                      position of the sample in its split
 ``user``           int64                      dense user code (see ``Catalog.users``)
-``item``           int64                      the target item (dense item code)
+``item``           int64                      the target item (dense item code); in next_item
+                                              the answer, removed for scoring
 ``timestamp``      int64                      unix seconds of the target interaction
 ``history``        list<int64>                the user's earlier items, oldest first, at most
                                               ``protocol.params["max_history"]`` of them
@@ -49,8 +50,10 @@ import pandas as pd
 
 TASKS = ("ctr", "next_item")
 
-#: Columns that carry the answer; the harness drops them before ``score`` sees the samples.
-LABEL_COLUMNS = ("label", "rating")
+#: Columns that carry the answer, per task; the harness drops them before ``score`` sees the samples
+#: (and from ``FitData.valid``). In next_item the target item itself is the answer: the method sees
+#: the user, the history and the candidates.
+ANSWER_COLUMNS = {"ctr": ("label", "rating"), "next_item": ("label", "item")}
 
 
 @dataclass(frozen=True)
@@ -206,5 +209,7 @@ class Method(Protocol):
 
 
 def without_labels(samples: pd.DataFrame) -> pd.DataFrame:
-    """The samples as a method may see them at scoring time."""
-    return samples.drop(columns=[c for c in LABEL_COLUMNS if c in samples.columns])
+    """The samples as a method may see them at scoring time: without :data:`ANSWER_COLUMNS` of their task
+    (next_item samples are the ones with ``candidates``)."""
+    answers = ANSWER_COLUMNS["next_item" if "candidates" in samples.columns else "ctr"]
+    return samples.drop(columns=[c for c in answers if c in samples.columns])

@@ -333,7 +333,9 @@ def _expanded_nodes(root: yaml.Node | None) -> int:
 
 
 def cells(suite: Suite) -> list[Cell]:
-    """Every cell of the suite, in a stable order, skipping methods that lack a dataset's protocol."""
+    """Every cell of the suite, in a stable order, skipping methods that lack a dataset's protocol. A
+    method that learns nothing from its training samples (``trains=False``: random, zero-shot) runs
+    with the suite's first seed only: its other seeds would repeat the same measurement."""
     registered = discover()
     out = []
     for entry in suite.datasets:
@@ -344,7 +346,8 @@ def cells(suite: Suite) -> list[Cell]:
             for method, spec in suite.methods.items():
                 if task not in registered[method].tasks:
                     continue
+                seeds = suite.seeds if registered[method].trains else suite.seeds[:1]
                 for shots in spec.shots:
-                    for seed in suite.seeds:
+                    for seed in seeds:
                         out.append(Cell(entry.name, task, method, seed, shots))
     return out

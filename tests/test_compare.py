@@ -159,3 +159,25 @@ def test_real_ci_run_against_itself_and_with_a_planted_change(ci_run, tmp_path, 
     assert all(line.startswith(f"REGRESSION {target['cell']}: ") for line in regressions)
     auc_row = next(line for line in out.splitlines() if line.startswith(f"| {target['cell']}") and "| auc" in line)
     assert float(auc_row.split("|")[7]) == 0.0   # paired bootstrap on the saved scores: B never better
+
+
+def test_another_machine_and_a_significant_move_within_tolerance_are_warned_about(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 2000)
+    before = np.clip(0.35 + 0.3 * labels + rng.normal(0, 0.3, 2000), 0, 1)
+    after = np.clip(before + 0.04 * labels, 0, 1)  # every positive a little higher: a small, consistent gain
+    cell = "movielens-100k/ctr/tallrec/seed=1/shots=16"
+    folders = []
+    for name, scores, cpu in (("a", before, "One CPU"), ("b", after, "Another CPU")):
+        folder = _write(tmp_path / name, [_record(cell, metrics.compute("ctr", labels, scores), family="llm")])
+        records.save_scores(folder, cell, np.arange(2000), labels, scores)
+        (folder / "env.json").write_text(json.dumps({"cpu": cpu, "packages": {"torch": cpu}}))
+        folders.append(str(folder))
+    delta = metrics.compute("ctr", labels, after)["auc"] - metrics.compute("ctr", labels, before)["auc"]
+    assert 0 < delta < 0.06  # within the LLM tolerance
+    assert compare.main(folders) == 0  # warnings do not fail the check
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARNING")]
+    assert any("CPU model: One CPU -> Another CPU" in w and "library torch:" in w for w in warnings), warnings
+    assert any(w.startswith(f"WARNING {cell}: auc moved") and "significant" in w for w in warnings), warnings

@@ -12,7 +12,7 @@ the harness and the method records what the method is handed and watches what it
 * scores: one row per sample; ctr probabilities in [0, 1]; next_item one finite score per candidate,
   or a whole row of NaN (an answer that matched no candidate). Checked here on the scores ``score``
   returned, independently of the harness's own check.
-* labels: no label column (``contract.LABEL_COLUMNS``) reaches ``score``, nor ``fit`` in ``valid``.
+* labels: no answer column of the task (``contract.ANSWER_COLUMNS``) reaches ``score``, nor ``fit`` in ``valid``.
 * seed: the same seed gives the same scores. A method the ci suite lists is compared with its cell
   in the session's ci run (another process); any other method is run twice here.
 * metrics: while the method's code runs, no function of a metric module runs (``benchmarks.metrics``,
@@ -42,7 +42,7 @@ import yaml
 
 from benchmarks import metrics, records, registry
 from benchmarks import suite as suites
-from benchmarks.contract import LABEL_COLUMNS
+from benchmarks.contract import ANSWER_COLUMNS
 from benchmarks.execution.cell import run_cell
 from tests.conftest import read_records
 
@@ -243,9 +243,10 @@ def test_scores_have_the_contract_shape_and_range(observed, name, task):
 @pytest.mark.parametrize("name, task", method_cases())
 def test_labels_never_reach_the_method(observed, name, task):
     obs = ran_ok(observed(name, task))
-    leaked = {col for _, _, columns in obs.log.score_calls for col in columns} & set(LABEL_COLUMNS)
+    answers = set(ANSWER_COLUMNS[task])  # next_item: the target item is the answer too
+    leaked = {col for _, _, columns in obs.log.score_calls for col in columns} & answers
     assert not leaked, f"score() was handed label columns {sorted(leaked)}"
-    leaked = set(obs.log.valid_columns) & set(LABEL_COLUMNS)
+    leaked = set(obs.log.valid_columns) & answers
     assert not leaked, f"fit() got valid samples with label columns {sorted(leaked)}"
 
 

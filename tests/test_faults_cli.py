@@ -67,8 +67,8 @@ SUITE_CASES = [
     ({"quant": "int8"}, "quant"),
     ({"name": "../escape"}, ".name"),
     ({"name": "/abs"}, ".name"),
-    ({"methods": {"pop": {"config": {"shrinkage_typo": 1}}}}, "unknown config key"),
-    ({"methods": {"pop": {"config": {"shrinkage": "__import__('os').system('id') or 1"}}}}, "shrinkage"),
+    ({"methods": {"item-rate": {"config": {"shrinkage_typo": 1}}}}, "unknown config key"),
+    ({"methods": {"item-rate": {"config": {"shrinkage": "__import__('os').system('id') or 1"}}}}, "shrinkage"),
 ]
 
 
@@ -176,10 +176,11 @@ def test_run_folders_never_collide():
 
 @pytest.fixture(scope="module")
 def pop_run(tmp_path_factory):
-    """A finished two-cell run of pop (ctr, next_item) on the tiny subset."""
+    """A finished run of item-rate (ctr, first) and pop (ctr, next_item) on the tiny subset."""
     out = tmp_path_factory.mktemp("pop-run")
     path = out / "suite.yaml"
-    raw = {**BASE, "datasets": [{"name": "movielens-100k", "tiny": True, "protocols": ["ctr", "next_item"]}]}
+    raw = {**BASE, "datasets": [{"name": "movielens-100k", "tiny": True, "protocols": ["ctr", "next_item"]}],
+           "methods": {"item-rate": {}, "pop": {}}}
     path.write_text(yaml.safe_dump(raw))
     assert main(["--suite", str(path), "--out", str(out / "runs")]) == 0
     return only_run_dir(out / "runs")
@@ -232,7 +233,7 @@ def test_resume_refuses_a_record_made_with_another_config(pop_run, tmp_path, cap
     _edit_records(run_dir, older_config)
     assert main(["--resume", str(run_dir)]) == 2
     err = capsys.readouterr().err
-    assert "pop's config changed since this run started: shrinkage 12.0 -> 10.0" in err
+    assert "item-rate's config changed since this run started: shrinkage 12.0 -> 10.0" in err
     assert main(["--resume", str(run_dir), "--allow-mixed"]) == 0
 
 

@@ -229,3 +229,13 @@ def test_every_shipped_suite_is_valid_and_expands():
         suite = suite_schema.load_suite(name)
         assert suite.name == name
         assert {c.method for c in suite_schema.cells(suite)} == set(suite.methods), name
+
+
+def test_methods_that_learn_nothing_run_one_seed_the_others_every_seed():
+    suite = suite_schema.parse({"name": "s", "version": 1, "description": "", "datasets": ["movielens-100k"],
+                                "methods": ["pop", "random", "zeroshot-llm"], "seeds": [4, 5, 6]}, "test")
+    seeds: dict[tuple, list[int]] = {}
+    for cell in suite_schema.cells(suite):
+        seeds.setdefault((cell.task, cell.method), []).append(cell.seed)
+    assert seeds[("ctr", "pop")] == [4, 5, 6] and seeds[("next_item", "pop")] == [4, 5, 6]
+    assert seeds[("ctr", "random")] == [4] and seeds[("next_item", "zeroshot-llm")] == [4]

@@ -34,7 +34,7 @@ from benchmarks.contract import CellContext, FitData, without_labels
 from benchmarks.data import canonical, protocols, sources
 from benchmarks.data.cache import ENV_VAR, cache_root, method_cache
 from benchmarks.data.cards import known_cards, load_card
-from benchmarks.execution import encoder_log, env, evaluation, padding, sandbox
+from benchmarks.execution import encoder_log, env, evaluation, full_ranking, padding, sandbox
 from benchmarks.execution.timing import (
     Timing,
     record_memory,
@@ -139,12 +139,22 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
         after_fit = padding.totals()
         scores, probes = timed_score(method, test, suite.device, budget.batch_size,
                                      budget.warmup, budget.latency_samples, timing)
+        full_scores = None
+        if full_ranking.applies(cell.task, entry.family):
+            if len(test) * catalog.n_items <= full_ranking.MAX_SCORES:
+                full_scores, seconds = full_ranking.score_catalogue(method, test, catalog.n_items, budget.batch_size)
+                record.full_ranking = {"n_items": catalog.n_items, "seconds": round(seconds, 3)}
+            else:
+                record.full_ranking = {"n_items": catalog.n_items, "skipped": f"{len(test)} samples x "
+                                       f"{catalog.n_items} items is over {full_ranking.MAX_SCORES:,} scores"}
         record.padding = {name: value for name, value in (("fit", padding.phase(before_fit, after_fit)),
                                                           ("score", padding.phase(after_fit, padding.totals())))
                           if value is not None} or None
         record.encoders = encoder_log.events() or None
         bundle = {"sample_id": test["sample_id"].to_numpy(), "score": np.asarray(scores, dtype=np.float64),
                   "probe": np.concatenate(probes).astype(np.float64) if probes else np.zeros((0,))}
+        if full_scores is not None:
+            bundle["full_score"] = full_scores
         counts = method.parameter_counts()
         record.parameters = asdict(counts) if counts is not None else None
         describe = getattr(method, "backbone_info", None)

@@ -63,12 +63,12 @@ PROCESS_START: dict = {"kind": "spawned"}
 
 def process_facts() -> dict:
     """What a cell's process computed with, recorded at its end (for a person chasing a drift between
-    reruns): how the process started, the CPUs it may run on, the machine's 1-minute load, MKL's
+    reruns): how the process started, the CPU model and how many CPUs it may run on, the machine's 1-minute load, MKL's
     reproducibility mode and, if the cell used torch, its intra- and inter-op threads and the CPU
     kernel set ATen dispatched to."""
     import os
 
-    facts = {"process_start": dict(PROCESS_START),
+    facts = {"process_start": dict(PROCESS_START), "cpu": cpu_model(),
              "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
              "load_1m": round(os.getloadavg()[0], 2), "mkl_cbwr": os.environ.get("MKL_CBWR")}
     torch = sys.modules.get("torch")  # a reference method never loads it; importing it here costs ~2 s

@@ -19,6 +19,7 @@ import pandas as pd
 from benchmarks import metrics, records
 from benchmarks.data import canonical, protocols
 from benchmarks.data.cards import load_card
+from benchmarks.execution import full_ranking
 
 #: |one-by-one - batched| <= tol * (1 + |batched|) per score. Reference and conventional models are
 #: exact up to float32 reduction order; 4-bit LLM paths on CPU dequantize NF4 through bf16, and a
@@ -79,12 +80,24 @@ def check_batch_invariance(scores: np.ndarray, probes: np.ndarray, sample_ids: n
     return {"samples": int(len(probes)), "max_abs_diff": worst, "tolerance": tolerance}
 
 
+def _full_ranking_metrics(record: dict, test: pd.DataFrame, full: np.ndarray) -> dict[str, float]:
+    """HR@10, NDCG@10, MRR over the whole catalogue (:mod:`benchmarks.execution.full_ranking`)."""
+    n_items = record["full_ranking"]["n_items"]
+    if full.shape != (len(test), n_items):
+        raise ValueError(f"full-ranking scores must have shape ({len(test)}, {n_items}), got {full.shape}")
+    if np.isinf(full).any():
+        raise ValueError("full-ranking scores must be finite (NaN marks an invalid answer)")
+    seen = full_ranking.seen_items(record["dataset"], record["tiny"])
+    ranks = full_ranking.target_ranks(full, test["user"].to_numpy(), test["item"].to_numpy(), seen)
+    return full_ranking.metrics_from_ranks(ranks)
+
+
 def finish(record: dict, bundle: dict, run_dir) -> dict:
     """``record`` (from the method's process) completed with metrics, or failed with the reason.
 
-    ``bundle`` holds what the method's process scored: ``sample_id``, ``score`` (batched) and
-    ``probe`` (the one-by-one outputs, stacked). The test split is the record's own (its dataset,
-    tiny flag, task and evaluation cap).
+    ``bundle`` holds what the method's process scored: ``sample_id``, ``score`` (batched),
+    ``probe`` (the one-by-one outputs, stacked) and, for full ranking, ``full_score``. The test split
+    is the record's own (its dataset, tiny flag, task and evaluation cap).
     """
     if record.get("status") != "ok":
         return record
@@ -101,6 +114,8 @@ def finish(record: dict, bundle: dict, run_dir) -> dict:
                                                            (record.get("backbone") or {}).get("compute_dtype", ""))
         labels = test["label"].to_numpy()
         record["metrics"] = metrics.compute(record["task"], labels, scores)
+        if "full_score" in bundle:
+            record["full_ranking"]["metrics"] = _full_ranking_metrics(record, test, bundle["full_score"])
         records.save_scores(run_dir, record["cell"], bundle["sample_id"], labels, scores)
     except Exception as err:  # noqa: BLE001 - a failed check is the cell's failure, the suite goes on
         record.update(status="failed", metrics={}, error=error_info(err))

@@ -8,7 +8,7 @@ from html import escape as html_escape
 from pathlib import Path
 
 from benchmarks import records
-from benchmarks.reporting import html_report, plots, published, stats, tables, verdict
+from benchmarks.reporting import health, html_report, plots, published, stats, tables, verdict
 
 CI_NOTE = (f"Values: mean ± std over seeds; in brackets the 95% bootstrap interval over test samples and seeds "
            f"({stats.N_RESAMPLES} resamples, seed {stats.SEED}: each resample draws the test samples, shared by "
@@ -25,9 +25,29 @@ VERDICT_NOTE = ("Per dataset and task, the best LLM cell against the best conven
                 "cost ratios LLM / conventional of the seed medians (an LLM's training time includes the frozen "
                 "encoder it loaded when this run trained it). 'better' needs an adjusted p-value of at most "
                 f"{verdict.ALPHA}.")
+FLAGS_NOTE = ("⚑ beside a primary metric: below chance, interval includes chance (AUC 0.5, HR@1 one over the "
+              "candidates), or one-sided scores (every ctr score of a seed on one side of 0.5).")
+#: below these, a run's differences inside the intervals are not findings (sample_size_line)
+SMALL_N, FEW_SEEDS = 1000, 3
 PUBLISHED_NOTE = ("Published numbers (results/paper/*.yaml) beside the measured group with the same dataset, task, "
                   "method and shots. Δ is shown only where the run meets the paper's setting (comparable); "
                   "otherwise the measured value is in parentheses and the unmet conditions are listed.")
+
+
+def sample_size_line(recs: list[dict]) -> str:
+    """A warning sentence (with a trailing space) when the run scored few test samples or few seeds per
+    cell, "" otherwise."""
+    ok = [r for r in recs if r.get("status") == "ok"]
+    if not ok:
+        return ""
+    n = min(r.get("n_eval") or 0 for r in ok)
+    groups = tables.group_records(ok)
+    trained = [len(rs) for rs in groups.values() if any(r.get("n_train") for r in rs)]
+    seeds = min(trained or [len(rs) for rs in groups.values()])
+    if n >= SMALL_N and seeds >= FEW_SEEDS:
+        return ""
+    return (f"Sample size: as few as {n} test samples and {seeds} seed(s) per cell; differences inside the "
+            "intervals are not findings at this sample size. ")
 
 
 def _not_in_run(comparisons: list[published.Comparison]) -> str:
@@ -58,9 +78,14 @@ def write_reports(run_dir: Path) -> str:
     def verdict_text(fmt: str) -> str:
         return f"{tables.verdict_table(headline, fmt)}\n\n"
 
+    notes = health.footnotes(run_stats.health, groups)
+
     def accuracy_text(fmt: str) -> str:
-        text = (f"{tables.accuracy_table(recs, fmt, intervals)}\n\n{tables.heading('paired comparisons', fmt)}"
-                f"{tables.paired_table(run_stats.paired, fmt)}\n")
+        text = (f"{tables.accuracy_table(recs, fmt, intervals, run_stats.health)}\n\n"
+                + "".join(f"{tables.note(line, fmt)}\n" for line in notes)
+                + f"{tables.heading('paired comparisons', fmt)}{tables.paired_table(run_stats.paired, fmt)}\n")
+        full = tables.full_ranking_table(recs, fmt)
+        text += f"\n{full}\n" if full else ""
         failed = tables.failures(recs, fmt)
         return text + (f"\n{failed}\n" if failed else "")
 
@@ -72,8 +97,9 @@ def write_reports(run_dir: Path) -> str:
                     f"cell process. A train s marked {tables.LOADED_ENCODER_MARK} leaves out the frozen encoder the "
                     "cell loaded instead of training (the conventional cell of the same seed trained it: add its "
                     "train s for the whole pipeline).")
-    accuracy = (f"## Verdict\n\n{header} {VERDICT_NOTE}\n\n{verdict_text('github')}"
-                f"## Accuracy\n\n{CI_NOTE} {PAIRED_NOTE}\n\n{accuracy_text('github')}")
+    small = sample_size_line(recs)
+    accuracy = (f"## Verdict\n\n{header} {small}{VERDICT_NOTE}\n\n{verdict_text('github')}"
+                f"## Accuracy\n\n{small}{CI_NOTE} {FLAGS_NOTE} {PAIRED_NOTE}\n\n{accuracy_text('github')}")
     latency = f"## Latency and cost\n\n{header} {latency_note}\n\n{tables.latency_table(recs)}\n"
     paper = (f"## Paper-style table\n\n{header} Seed means (± std); the best of each column in bold. "
              f"{PUBLISHED_NOTE}\n\n{paper_text('github')}"
@@ -90,8 +116,9 @@ def write_reports(run_dir: Path) -> str:
                                         title=f"{saved.get('run_id', run_dir.name)}: accuracy against cost")
     plain_header = header.replace("`", "")
     html_report.write_html(run_dir, f"llmrec-bench run {saved.get('run_id', run_dir.name)}", plain_header, [
-        ("Verdict", f'<p class="note">{html_escape(VERDICT_NOTE)}</p>\n{verdict_text("html")}'),
-        ("Accuracy", f'<p class="note">{html_escape(CI_NOTE)} {html_escape(PAIRED_NOTE)}</p>\n{accuracy_text("html")}'),
+        ("Verdict", f'<p class="note">{html_escape(small + VERDICT_NOTE)}</p>\n{verdict_text("html")}'),
+        ("Accuracy", f'<p class="note">{html_escape(f"{small}{CI_NOTE} {FLAGS_NOTE} {PAIRED_NOTE}")}</p>\n'
+                     f'{accuracy_text("html")}'),
         ("Paper-style table and published numbers",
          f'<p class="note">{html_escape(PUBLISHED_NOTE)}</p>\n{paper_text("html")}'
          + (f'<p class="note">Published numbers not measured in this run:</p>\n'

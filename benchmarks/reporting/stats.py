@@ -32,7 +32,7 @@ resamples). A table of many comparisons reports Holm-Bonferroni-adjusted p-value
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -315,6 +315,7 @@ class RunStatistics:
     intervals: dict[tuple, dict[str, Interval]]
     paired: list[PairedRow]
     llm_vs_conventional: list[PairedRow]
+    health: dict[tuple, list[str]] = field(default_factory=dict)  # group -> marks (benchmarks.reporting.health)
 
 
 def _badness(metric: str, value: float) -> float:
@@ -344,8 +345,12 @@ def run_statistics(run_dir: Path, groups: dict[tuple, list[dict]]) -> RunStatist
             labels, runs_a, runs_b = align(scores[best], scores[other])
             paired.append(PairedRow(dataset, task, shots, best[2], other[2],
                                     paired_bootstrap(metric, labels, runs_a, runs_b), best, other))
+    from benchmarks.reporting import health
+
     headline = _llm_vs_conventional(scores, intervals, groups)
-    return RunStatistics(intervals, holm_adjusted(paired), holm_adjusted(headline))
+    marks = {key: health.flags(PRIMARY_METRIC[key[1]], intervals[key].get(PRIMARY_METRIC[key[1]]), s.runs, key[1])
+             for key, s in scores.items()}
+    return RunStatistics(intervals, holm_adjusted(paired), holm_adjusted(headline), marks)
 
 
 def _llm_vs_conventional(scores: dict, intervals: dict, groups: dict[tuple, list[dict]]) -> list[PairedRow]:

@@ -18,7 +18,7 @@ import numpy as np
 from tabulate import tabulate
 
 from benchmarks.metrics import METRICS, REPORTED
-from benchmarks.reporting.stats import Interval, mean_std, shots_order
+from benchmarks.reporting.stats import PRIMARY_METRIC, Interval, mean_std, shots_order
 
 GROUP = ("dataset", "task", "method", "shots")
 
@@ -28,7 +28,7 @@ PAPER_METRICS = {"ctr": ("auc", "logloss"), "next_item": ("hr@1", "valid_ratio")
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _LATEX_SYMBOLS = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "≥": r"$\geq$",
-                  "−": r"$-$"}
+                  "−": r"$-$", "⚑": r"$\triangleright$", "≈": r"$\approx$", "√": r"$\surd$"}
 
 
 class Bold(str):
@@ -53,6 +53,15 @@ def render(rows: list[list], headers: list[str], tablefmt: str = "github") -> st
     fmt = {"latex": "latex_raw", "html": "unsafehtml"}.get(tablefmt, tablefmt)
     body = [[_cell(c, tablefmt) for c in row] for row in rows]
     return tabulate(body, headers=[_cell(h, tablefmt) for h in headers], tablefmt=fmt, disable_numparse=True)
+
+
+def note(text: str, tablefmt: str = "github") -> str:
+    """A line of text under a table: as it is (markdown), a LaTeX comment, or ``<p class="note">``."""
+    if tablefmt == "latex":
+        return f"% {text}\n"
+    if tablefmt == "html":
+        return f'<p class="note">{html.escape(text)}</p>\n'
+    return f"{text}\n"
 
 
 def heading(text: str, tablefmt: str = "github") -> str:
@@ -98,12 +107,14 @@ def ci_text(interval: Interval | None, digits: int = 3) -> str:
 
 
 def accuracy_table(records: list[dict], tablefmt: str = "github",
-                   intervals: dict[tuple, dict[str, Interval]] | None = None) -> str:
-    """Per task: mean ± std over seeds of every reported metric, with the 95% bootstrap interval over
-    test samples in brackets where ``intervals`` (group key -> metric -> Interval) has one."""
+                   intervals: dict[tuple, dict[str, Interval]] | None = None,
+                   health: dict[tuple, list[str]] | None = None) -> str:
+    """Per task: mean ± std over seeds of every reported metric, with the 95% bootstrap interval in
+    brackets where ``intervals`` (group key -> metric -> Interval) has one, and the group's marks
+    (``health``, :mod:`benchmarks.reporting.health`) beside its primary metric."""
     out = []
     groups = group_records(records)
-    intervals = intervals or {}
+    intervals, health = intervals or {}, health or {}
     for task, names in REPORTED.items():
         rows = []
         for key, rs in groups.items():
@@ -111,8 +122,9 @@ def accuracy_table(records: list[dict], tablefmt: str = "github",
                 continue
             row = list(key[:1]) + list(key[2:]) + [len(rs)]
             for name in names:
+                marks = health.get(key) if name == PRIMARY_METRIC[task] else None
                 row.append(fmt(*mean_std([r["metrics"].get(name) for r in rs]))
-                           + ci_text(intervals.get(key, {}).get(name)))
+                           + ci_text(intervals.get(key, {}).get(name)) + (f" ⚑ {', '.join(marks)}" if marks else ""))
             rows.append(row)
         if rows:
             headers = ["dataset", "method", "shots", "seeds"] + [arrow(n) for n in names]
@@ -137,6 +149,8 @@ def _count(n: int | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else str(n)
 
 
+#: below this many latency probes a p95 is about their maximum, and the table says so
+P95_MIN_SAMPLES = 20
 #: after a train time that leaves out a frozen encoder the cell loaded instead of training (record.encoders)
 LOADED_ENCODER_MARK = "*"
 
@@ -148,19 +162,24 @@ def latency_table(records: list[dict], tablefmt: str = "github") -> str:
         params = rs[0].get("parameters") or {}
         backbone = rs[0].get("backbone") or {}
         loaded = any(e["origin"] == "loaded" for r in rs for e in r.get("encoders") or ())
+        probes = min(x.get("latency_samples") or 0 for x in t)
+        hosts = [r.get("host") or {} for r in rs]
         rows.append([
             key[0], key[1], key[2], key[3],
             fmt(*mean_std([x["train_seconds"] for x in t]), 1) + (LOADED_ENCODER_MARK if loaded else ""),
             rate(*mean_std([x["train_samples_per_s"] for x in t])),
             fmt(*mean_std([x["latency_p50_ms"] for x in t]), 1),
-            fmt(*mean_std([x["latency_p95_ms"] for x in t]), 1),
+            fmt(*mean_std([x["latency_p95_ms"] for x in t]), 1) + (f" (≈max of {probes})" if probes < P95_MIN_SAMPLES
+                                                                   else ""),
             f"{rate(*mean_std([x['throughput_samples_per_s'] for x in t]))} @{t[0]['batch_size']}",
             fmt(*mean_std([x["peak_memory_mb"] for x in t]), 0),
             f"{_count(params.get('trainable'))} / {_count(params.get('total'))}" if params else "-",
             f"{backbone.get('id', '')} {backbone.get('quant', '')}".strip() or "-",
+            " / ".join(sorted({h.get("cpu", "?") for h in hosts})),
+            fmt(*mean_std([h.get("load_1m") for h in hosts]), 2),
         ])
     headers = ["dataset", "task", "method", "shots", "train s", "train samples/s", "p50 ms (bs1)",
-               "p95 ms (bs1)", "samples/s", "peak MiB", "trainable / total params", "backbone"]
+               "p95 ms (bs1)", "samples/s", "peak MiB", "trainable / total params", "backbone", "CPU", "load (1 min)"]
     return render(rows, headers, tablefmt) if rows else "(no finished cells)"
 
 
@@ -247,6 +266,42 @@ def paired_table(comparisons: list, tablefmt: str = "github", a_header: str = "A
     headers = ["dataset", "task", "shots", a_header, b_header, "metric", "Δ = A − B", "95% CI of Δ", "P(A better)",
                "p (Holm)", "n"]
     return render(rows, headers, tablefmt) if rows else empty
+
+
+def full_ranking_table(records: list[dict], tablefmt: str = "github") -> str:
+    """next_item methods under both protocols: the sampled metrics (the frozen candidates) beside the
+    same metrics over the whole catalogue (``record.full_ranking``), each method's rank under each by
+    NDCG@10, and Kendall's tau between the two rankings per dataset."""
+    from scipy.stats import kendalltau
+
+    out = []
+    by_dataset: dict[str, list] = defaultdict(list)
+    for key, rs in group_records(records).items():
+        full = [(r.get("full_ranking") or {}).get("metrics") for r in rs]
+        if key[1] == "next_item" and all(full):
+            sampled = {m: mean_std([r["metrics"].get(m) for r in rs])[0] for m in ("hr@10", "ndcg@10")}
+            whole = {m: mean_std([f[m] for f in full])[0] for m in ("hr@10", "ndcg@10", "mrr")}
+            by_dataset[key[0]].append((key, len(rs), sampled, whole))
+    for dataset, entries in sorted(by_dataset.items()):
+        rank_sampled = _ranks([e[2]["ndcg@10"] for e in entries])
+        rank_full = _ranks([e[3]["ndcg@10"] for e in entries])
+        rows = [[key[2], key[3], seeds, f"{s['hr@10']:.4f}", f"{w['hr@10']:.4f}", f"{s['ndcg@10']:.4f}",
+                 f"{w['ndcg@10']:.4f}", f"{w['mrr']:.4f}", rs, rf]
+                for (key, seeds, s, w), rs, rf in zip(entries, rank_sampled, rank_full)]
+        rows.sort(key=lambda row: row[-1])
+        headers = ["method", "shots", "seeds", "HR@10 sampled", "HR@10 full", "NDCG@10 sampled", "NDCG@10 full",
+                   "MRR full", "rank sampled", "rank full"]
+        tau = kendalltau(rank_sampled, rank_full).statistic if len(entries) > 1 else float("nan")
+        out.append(heading(f"{dataset}: sampled against full ranking", tablefmt) + render(rows, headers, tablefmt)
+                   + "\n\n" + note(f"Kendall's τ between the two rankings by NDCG@10: {tau:+.3f} over {len(entries)} "
+                                    "methods. LLM methods score the frozen candidates only (their prompt lists "
+                                    "them) and are not in this table.", tablefmt))
+    return "\n".join(out)
+
+
+def _ranks(values: list[float]) -> list[int]:
+    """1 = best (highest); ties share the better rank."""
+    return [1 + sum(other > value for other in values) for value in values]
 
 
 def _times(ratio: float | None) -> str:
