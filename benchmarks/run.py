@@ -273,8 +273,11 @@ def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: 
 
     progress = tqdm(total=len(pending), unit="cell", dynamic_ncols=True)
     kept = len(todo) - len(pending)
+    options = dict(options or {})
+    if executor == "local":  # the running cell's phase beside its name
+        options["on_progress"] = lambda cell, text: progress.set_postfix_str(f"{cell.key}: {text}")
     try:
-        for record in EXECUTORS[executor](suite_file, suite, pending, run_dir, run_id, **(options or {})):
+        for record in EXECUTORS[executor](suite_file, suite, pending, run_dir, run_id, **options):
             try:
                 records.append(records_path, record)
             except OSError as err:

@@ -226,6 +226,7 @@ def train(model, prompts: PromptSet, settings: TrainSettings, *, seed: int, pad_
             optimizer.zero_grad(set_to_none=True)
             step += 1
             step_trace.trace("llm", step, params, losses)
+            progress.report("fit: step", step, total_steps)
             bar.update(1)
             bar.set_postfix(loss=f"{total:.4f}")
             if settings.eval_every and step % settings.eval_every == 0 and validate():

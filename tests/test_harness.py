@@ -239,3 +239,26 @@ def test_methods_that_learn_nothing_run_one_seed_the_others_every_seed():
         seeds.setdefault((cell.task, cell.method), []).append(cell.seed)
     assert seeds[("ctr", "pop")] == [4, 5, 6] and seeds[("next_item", "pop")] == [4, 5, 6]
     assert seeds[("ctr", "random")] == [4] and seeds[("next_item", "zeroshot-llm")] == [4]
+
+
+def test_progress_reports_are_throttled_within_a_phase_and_read_back_as_text(tmp_path, monkeypatch):
+    from benchmarks.execution import progress
+
+    path = tmp_path / "cell.progress"
+    assert progress.read(path) == ""
+    progress.write_to(path)
+    try:
+        progress.report("fit: step", 1, 8)
+        progress.report("fit: step", 2, 8)  # within MIN_INTERVAL_S of the last write: not written
+        assert progress.read(path) == "fit: step 1/8"
+        progress.report("fit: step", 8, 8)  # the last step is always written
+        assert progress.read(path) == "fit: step 8/8"
+        progress.report("scoring: batch", 0, 3)  # a new phase is always written
+        assert progress.read(path) == "scoring: batch 0/3"
+    finally:
+        progress.write_to(None)
+
+
+def test_the_console_shows_the_running_cells_phase(ci_run):
+    console = ci_run[1].stderr
+    assert "/tallrec/seed=1/shots=16: fit" in console and "/tallrec/seed=1/shots=16: scoring: batch" in console

@@ -34,7 +34,7 @@ from benchmarks.contract import CellContext, FitData, without_labels
 from benchmarks.data import canonical, protocols, sources
 from benchmarks.data.cache import ENV_VAR, cache_root, method_cache
 from benchmarks.data.cards import known_cards, load_card
-from benchmarks.execution import encoder_log, env, evaluation, full_ranking, padding, sandbox
+from benchmarks.execution import encoder_log, env, evaluation, full_ranking, padding, progress, sandbox
 from benchmarks.execution.timing import (
     Timing,
     record_memory,
@@ -135,12 +135,14 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
         record.n_train, record.n_eval = (len(train) if entry.trains else 0), len(test)
 
         before_fit = padding.totals()
+        progress.report("fit")
         timed_fit(method, fit_data, suite.device, timing, trains=entry.trains)
         after_fit = padding.totals()
         scores, probes = timed_score(method, test, suite.device, budget.batch_size,
                                      budget.warmup, budget.latency_samples, timing)
         full_scores = None
         if full_ranking.applies(cell.task, entry.family):
+            progress.report("full ranking")
             if len(test) * catalog.n_items <= full_ranking.MAX_SCORES:
                 full_scores, seconds = full_ranking.score_catalogue(method, test, catalog.n_items, budget.batch_size)
                 record.full_ranking = {"n_items": catalog.n_items, "seconds": round(seconds, 3)}
@@ -196,6 +198,11 @@ def run_cell(suite: Suite, cell: Cell, run_dir: Path, run_id: str) -> records.Ce
     return records.CellRecord(**evaluation.finish(record.as_dict(), bundle, run_dir))
 
 
+def progress_path(out: str | Path) -> Path:
+    """Where the cell process reports its phase beside its record file ``out`` (progress.py)."""
+    return Path(str(out)[: -len(".json")] + ".progress")
+
+
 def bundle_path(out: str | Path) -> Path:
     """Where the cell process leaves its scores beside its record file ``out``."""
     return Path(str(out)[: -len(".json")] + ".scores.npz")
@@ -207,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.suite import parse
 
     suite_path, cell_json, run_dir, out = argv or sys.argv[1:]
+    progress.write_to(progress_path(out))
+    progress.report("loading data")
     raw = json.loads(Path(suite_path).read_text())
     suite = parse(raw["suite"], raw["source"])
     cell = Cell(**json.loads(cell_json))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,8 +22,8 @@ import numpy as np
 import psutil
 
 from benchmarks import records, registry
-from benchmarks.execution import evaluation
-from benchmarks.execution.cell import bundle_path, now
+from benchmarks.execution import evaluation, progress
+from benchmarks.execution.cell import bundle_path, now, progress_path
 from benchmarks.execution.forkserver import Launcher, forks_cells, profile_for
 from benchmarks.suite import Cell, Suite
 
@@ -48,9 +48,10 @@ def _failed(suite: Suite, cell: Cell, run_id: str, kind: str, message: str, peak
 
 
 def run_in_subprocess(suite_file: Path, suite: Suite, cell: Cell, run_dir: Path, run_id: str,
-                      launcher: Launcher | None = None) -> dict:
+                      launcher: Launcher | None = None, on_progress: Callable[[str], None] | None = None) -> dict:
     """Run one cell in a process of its own (forked by ``launcher``'s servers, else spawned); always
-    returns a record (ok or failed)."""
+    returns a record (ok or failed). ``on_progress`` gets the cell's phase text whenever it changes
+    (:mod:`benchmarks.execution.progress`)."""
     out = run_dir / "work" / f"{records.cell_file_stem(cell.key)}.json"
     out.unlink(missing_ok=True)
     log_path = run_dir / "logs" / f"{records.cell_file_stem(cell.key)}.log"
@@ -58,9 +59,13 @@ def run_in_subprocess(suite_file: Path, suite: Suite, cell: Cell, run_dir: Path,
     proc = (launcher or Launcher(run_dir / "logs", fork=False)).start(
         argv, log_path, profile_for(registry.get_entry(cell.method).target))
     watched = psutil.Process(proc.pid)
-    peak, start = 0.0, time.monotonic()
+    peak, start, shown = 0.0, time.monotonic(), ""
+    status_file = progress_path(out)
     try:
         while proc.poll() is None:
+            if on_progress is not None and (text := progress.read(status_file)) != shown:
+                shown = text
+                on_progress(text)
             try:
                 peak = max(peak, watched.memory_info().rss / 2**20)
             except psutil.Error:
@@ -87,15 +92,18 @@ def run_in_subprocess(suite_file: Path, suite: Suite, cell: Cell, run_dir: Path,
             bundle = {k: data[k] for k in data.files}
     out.unlink()
     bundle_file.unlink(missing_ok=True)
+    status_file.unlink(missing_ok=True)
     return evaluation.finish(record, bundle, run_dir)
 
 
 def run_local(suite_file: Path, suite: Suite, todo: list[Cell], run_dir: Path, run_id: str,
-              fork: bool = True) -> Iterator[dict]:
-    """``--executor local``; ``fork=False`` (``--no-fork``) spawns every cell's process afresh."""
+              fork: bool = True, on_progress: Callable[[Cell, str], None] | None = None) -> Iterator[dict]:
+    """``--executor local``; ``fork=False`` (``--no-fork``) spawns every cell's process afresh;
+    ``on_progress(cell, text)`` is told what the running cell is doing."""
     launcher = Launcher(run_dir / "logs", fork=fork and forks_cells(suite.device))
     try:
         for cell in todo:
-            yield run_in_subprocess(suite_file, suite, cell, run_dir, run_id, launcher)
+            report = None if on_progress is None else (lambda text, cell=cell: on_progress(cell, text))
+            yield run_in_subprocess(suite_file, suite, cell, run_dir, run_id, launcher, report)
     finally:
         launcher.close()

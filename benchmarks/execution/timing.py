@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from benchmarks.execution import progress
+
 
 def synchronize(device: str) -> None:
     """Wait for queued GPU work so wall time covers it (a no-op on CPU)."""
@@ -108,6 +110,7 @@ def timed_score(method, samples: pd.DataFrame, device: str, batch_size: int, war
     """Run the inference protocol above. Returns the batched scores (rows in sample order) and what
     each one-by-one call returned (the first ``warmup + latency_samples`` samples, in order), which
     the harness compares with the batched rows: a method cannot answer the timed calls differently."""
+    progress.report("latency probes")
     _, warm_outputs = _score_one_by_one(method, samples.iloc[:warmup], device)
     latencies, timed_outputs = _score_one_by_one(method, samples.iloc[warmup: warmup + latency_samples], device)
     if latencies:
@@ -117,7 +120,9 @@ def timed_score(method, samples: pd.DataFrame, device: str, batch_size: int, war
     chunks = []
     synchronize(device)
     start = time.perf_counter()
-    for begin in range(0, len(samples), batch_size):
+    batches = -(-len(samples) // batch_size)
+    for number, begin in enumerate(range(0, len(samples), batch_size)):
+        progress.report("scoring: batch", number, batches)
         chunks.append(np.asarray(method.score(samples.iloc[begin: begin + batch_size])))
     synchronize(device)
     timing.score_seconds = time.perf_counter() - start
