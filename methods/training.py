@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from benchmarks.execution import step_trace
+from benchmarks.execution.progress import report as report_progress
 from methods.prefix_cache import ModelCall, call_model
 from methods.prompting import PromptSet
 from methods.scoring import right_padded
@@ -226,7 +227,7 @@ def train(model, prompts: PromptSet, settings: TrainSettings, *, seed: int, pad_
             optimizer.zero_grad(set_to_none=True)
             step += 1
             step_trace.trace("llm", step, params, losses)
-            progress.report("fit: step", step, total_steps)
+            report_progress("fit: step", step, total_steps)
             bar.update(1)
             bar.set_postfix(loss=f"{total:.4f}")
             if settings.eval_every and step % settings.eval_every == 0 and validate():

@@ -21,12 +21,12 @@ def test_the_sentence_follows_the_adjusted_p_value_and_the_metric_direction():
     assert verdict.sentence(_row("auc", +0.03, None)) == "no detectable difference at n = 500"
 
 
-def _record(seconds: float, encoders=None, **timing) -> dict:
-    return {"timing": {"train_seconds": seconds, **timing}, "encoders": encoders}
+def _record(seconds: float, encoders=None, family="llm", **timing) -> dict:
+    return {"timing": {"train_seconds": seconds, **timing}, "encoders": encoders, "family": family}
 
 
 def test_an_llm_cells_training_cost_includes_the_encoder_it_loaded():
-    sasrec = _record(140.0, [{"model": "SASRec", "origin": "trained", "entry": "SASRec-abc"}],
+    sasrec = _record(140.0, [{"model": "SASRec", "origin": "trained", "entry": "SASRec-abc"}], "conventional",
                      latency_p50_ms=1.0, throughput_samples_per_s=5000.0, peak_memory_mb=1600.0)
     ilora = _record(80.0, [{"model": "SASRec", "origin": "loaded", "entry": "SASRec-abc"}],
                     latency_p50_ms=800.0, throughput_samples_per_s=1.5, peak_memory_mb=2000.0)
@@ -41,6 +41,9 @@ def test_an_llm_cells_training_cost_includes_the_encoder_it_loaded():
     assert v.ratios["p50 latency"] == pytest.approx(800.0) and v.ratios["peak memory"] == pytest.approx(1.25)
     assert v.values == (0.05, 0.35) and v.seeds == (1, 1) and v.sentence == "conventional better"
     assert verdict.pipeline_train_seconds(ilora, {}) == 80.0  # trained in another run: not known here
+    # an LLM cell that trained its own encoder already counts it; another that loads it adds nothing
+    own = _record(200.0, [{"model": "DIN", "origin": "trained", "entry": "DIN-x"}])
+    assert verdict._trained_encoders({("d", "ctr", "reclora", "64"): [own]}) == {}
 
 
 def test_the_verdict_comes_first_in_the_terminal_the_markdown_and_the_page(ci_run):

@@ -51,8 +51,11 @@ def pipeline_train_seconds(record: dict, trained: dict[str, float]) -> float | N
 
 
 def _trained_encoders(groups: dict[tuple, list[dict]]) -> dict[str, float]:
+    """Cache entry -> training seconds of the conventional cell that trained and stored it (an LLM cell
+    that trained its own encoder has it in its own time already)."""
     return {e["entry"]: r["timing"]["train_seconds"] for rs in groups.values() for r in rs
-            for e in r.get("encoders") or () if e["origin"] == "trained" and r["timing"].get("train_seconds")}
+            if r.get("family") == "conventional" and r["timing"].get("train_seconds")
+            for e in r.get("encoders") or () if e["origin"] == "trained"}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
