@@ -56,7 +56,7 @@ class CellRecord:
     batch_check: dict | None = None  # one-by-one vs batched scores: evaluation.check_batch_invariance
     padding: dict | None = None     # {"fit"|"score": {"tokens", "slots", "waste"}}: execution/padding.py
     encoders: list | None = None    # [{"model", "origin": "trained"|"loaded", "entry"}]: execution/encoder_log.py
-    full_ranking: dict | None = None  # next_item over all items: {"n_items", "seconds", "metrics"}: full_ranking.py
+    full_ranking: dict | None = None  # next_item over all items: {"n_items", "metrics"}: execution/full_ranking.py
     provenance: dict | None = None  # the method's source: in-tree file + sha256, or plugin distribution
     data_quality: dict | None = None  # what reading the raw files dropped or refused, with the policy
     started_at: str = ""

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from benchmarks import registry
+from benchmarks import suite as suites
 from benchmarks.execution.ray_executor import INSTALL_HINT, gpus_per_cell
 from benchmarks.suite import SUITES_DIR
 from tests.conftest import ROOT, only_run_dir, read_records, run_suite
@@ -102,11 +103,13 @@ def test_ray_reproduces_the_local_run_and_resumes_alike(ray_head, tmp_path):
     assert "ray: 2 CPUs, 0 GPUs, 1 node(s)" in proc.stdout
     local_dir, ray_dir = only_run_dir(tmp_path / "local"), only_run_dir(tmp_path / "ray")
     local, on_ray = comparable(local_dir), comparable(ray_dir)
-    assert len(local) == 2 * len(methods.split(","))
+    ci = suites.load_suite("ci")
+    assert len(local) == sum(c.method in methods.split(",") for c in suites.cells(ci))  # item-rate, majority: ctr only
     assert all(r["status"] == "ok" for r in on_ray.values())
     assert on_ray == local  # metrics, hashes, configs: everything but timing
-    for sub in ("scores", "logs"):
-        assert sorted(p.name for p in (ray_dir / sub).iterdir()) == sorted(p.name for p in (local_dir / sub).iterdir())
+    for sub in ("scores", "logs"):  # the local run's logs also hold its fork servers' (Ray tasks spawn)
+        local_files = [p.name for p in (local_dir / sub).iterdir() if not p.name.startswith("forkserver-")]
+        assert sorted(p.name for p in (ray_dir / sub).iterdir()) == sorted(local_files)
     assert (ray_dir / "accuracy.md").exists() and not (ray_dir / "work").exists()
 
     # resume: a cell whose record was lost is the only one rerun, on Ray again

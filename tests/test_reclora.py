@@ -89,7 +89,8 @@ def trained(cell):
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(baselines.recbole_encoders, "fit_frozen_encoder", fake_encoder)
                 patch.setattr(methods.training, "train", spy_train)
-                method = build(name, ctx, **{"learning_rate": 5e-2, **overrides})
+                # float32 compute: these tests check the math against other paths at float32 tolerance
+                method = build(name, ctx, **{"learning_rate": 5e-2, "cpu_dtype": "float32", **overrides})
                 method.fit(fit)
             done[key] = SimpleNamespace(method=method, crm=crm, seen=seen)
         return done[key]

@@ -144,8 +144,9 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
         if full_ranking.applies(cell.task, entry.family):
             progress.report("full ranking")
             if len(test) * catalog.n_items <= full_ranking.MAX_SCORES:
-                full_scores, seconds = full_ranking.score_catalogue(method, test, catalog.n_items, budget.batch_size)
-                record.full_ranking = {"n_items": catalog.n_items, "seconds": round(seconds, 3)}
+                full_scores, timing.full_ranking_seconds = full_ranking.score_catalogue(method, test, catalog.n_items,
+                                                                                        budget.batch_size)
+                record.full_ranking = {"n_items": catalog.n_items}
             else:
                 record.full_ranking = {"n_items": catalog.n_items, "skipped": f"{len(test)} samples x "
                                        f"{catalog.n_items} items is over {full_ranking.MAX_SCORES:,} scores"}

@@ -57,7 +57,8 @@ def gpu() -> dict | None:
 
 
 #: how this cell's process started; a fork server's child updates it
-#: (``{"kind": "forked", "profile", "preloaded_rss_mb"}``, see benchmarks.execution.forkserver)
+#: (``{"kind": "forked", "profile", "preloaded_rss_mb"}``: the resident set it inherited; see
+#: benchmarks.execution.forkserver)
 PROCESS_START: dict = {"kind": "spawned"}
 
 

@@ -127,10 +127,14 @@ def _child(request: dict, profile: str, preloaded_rss_mb: float) -> None:
         os._exit(code)
 
 
+def _rss_mb() -> float:
+    """This process's resident set now (what a child forked now inherits), MiB."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def serve(profile: str) -> int:
     """The server's loop (``python -m benchmarks.execution.forkserver PROFILE``)."""
-    import resource
-
     start = time.perf_counter()
     try:
         _preload(profile)
@@ -143,13 +147,13 @@ def serve(profile: str) -> int:
         _send({"error": f"profile {profile!r} leaves {threading.active_count()} Python threads after its imports; "
                         "forking them is unsafe"})
         return 1
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    _send({"ready": True, "preload_seconds": round(time.perf_counter() - start, 2), "rss_mb": round(rss_mb, 1)})
+    _send({"ready": True, "preload_seconds": round(time.perf_counter() - start, 2), "rss_mb": round(_rss_mb(), 1)})
     try:
         for line in sys.stdin:
             request = json.loads(line)
             sys.stdout.flush()
             sys.stderr.flush()
+            rss_mb = _rss_mb()
             pid = os.fork()
             if pid == 0:
                 _child(request, profile, rss_mb)

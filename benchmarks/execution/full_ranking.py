@@ -4,7 +4,7 @@ metrics can reorder models against the full ranking).
 In the cell's process, for a method of a family that can score any item (:data:`FAMILIES`; LLM
 methods read their candidates from the prompt, so they stay candidate-based), the harness calls the
 method's own ``score`` on the test samples with ``candidates`` replaced by the whole catalogue, in
-batches, timed apart from the method's latency and throughput (``record.full_ranking.seconds``).
+batches, timed apart from the method's latency and throughput (``timing.full_ranking_seconds``).
 The scores travel to the evaluation half as float32; catalogues too large for that
 (:data:`MAX_SCORES` scores) are skipped, and the record says so.
 

@@ -74,6 +74,7 @@ class Timing:
     fit_peak_memory_mb: float | None = None
     score_peak_memory_mb: float | None = None
     memory_kind: str = ""
+    full_ranking_seconds: float | None = None  # next_item against the whole catalogue, apart from the above
 
     def as_dict(self) -> dict:
         return asdict(self)

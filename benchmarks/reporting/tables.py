@@ -305,9 +305,11 @@ def _ranks(values: list[float]) -> list[int]:
 
 
 def _times(ratio: float | None) -> str:
-    """A cost ratio: 3.39x, 0.572x, or 1/2,967x below 0.01."""
+    """A cost ratio: 3.39x, 0.572x, 1,320x, or 1/2,967x below 0.01."""
     if ratio is None:
         return "-"
+    if ratio >= 1000:
+        return f"{ratio:,.0f}x"
     return f"{ratio:.3g}x" if ratio >= 0.01 else f"1/{1 / ratio:,.0f}x"
 
 
