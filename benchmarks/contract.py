@@ -88,11 +88,12 @@ class Catalog:
 
 @dataclass(frozen=True)
 class ProtocolInfo:
-    """Name, parameters and content hash of the frozen protocol a cell runs on."""
+    """Name, parameters, content hash and leakage audit of the frozen protocol a cell runs on."""
 
     name: str  # "ctr" | "next_item"
     params: Mapping[str, Any]
     hash: str
+    audit: Mapping[str, Any] | None = None  # benchmarks.data.audit.audit_protocol: checks, counts, passed
 
 
 @dataclass(frozen=True)

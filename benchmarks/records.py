@@ -59,6 +59,7 @@ class CellRecord:
     full_ranking: dict | None = None  # next_item over all items: {"n_items", "metrics"}: execution/full_ranking.py
     provenance: dict | None = None  # the method's source: in-tree file + sha256, or plugin distribution
     data_quality: dict | None = None  # what reading the raw files dropped or refused, with the policy
+    audit: dict | None = None       # leakage checks: {"protocol", "few_shot", "passed"}: benchmarks/data/audit.py
     started_at: str = ""
     finished_at: str = ""
 

@@ -231,11 +231,17 @@ def test_ctr_protocol_invariants(data):
     inter = data.interactions.sort_values(["user", "timestamp", "item"], kind="stable")
     for split in protocols.SPLITS:
         for row in proto.split(split).itertuples():
-            own = inter[inter.user == row.user].reset_index(drop=True)
-            pos = own.index[own.item == row.item][0]
-            assert pos >= 2  # min_history
-            assert list(row.history) == own.item.iloc[max(0, pos - 4): pos].tolist()
-            assert (own.timestamp.iloc[: pos] <= row.timestamp).all()
+            own = inter[inter.user == row.user]
+            earlier = own[own.timestamp < row.timestamp]  # the target's own second is not history
+            assert len(earlier) >= 2  # min_history
+            assert list(row.history) == earlier.item.iloc[-4:].tolist()
+            assert list(row.history_ratings) == earlier.rating.iloc[-4:].tolist()
+    n_eligible = 0
+    for _, own in inter.groupby("user"):
+        stamps = own.timestamp.to_numpy()
+        n_earlier = (stamps[None, :] < stamps[:, None]).sum(axis=1)  # per interaction, earlier ones
+        n_eligible += int((n_earlier >= 2).sum())
+    assert sum(len(proto.split(s)) for s in protocols.SPLITS) == n_eligible  # every eligible sample, once
     stamps = [proto.split(s)[["timestamp", "user", "item"]] for s in protocols.SPLITS]
     joined = pd.concat(stamps, ignore_index=True)
     assert joined.equals(joined.sort_values(["timestamp", "user", "item"], kind="stable", ignore_index=True))

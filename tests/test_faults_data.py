@@ -349,7 +349,8 @@ def test_corrupt_protocol_meta_is_named_and_rebuilt(tiny_cache, caplog, corrupti
     assert protocols.prepare(data, "next_item")[0] == proto.info  # stored again, verified
 
 
-@pytest.mark.parametrize("field, value", [("hash", "f" * 64), ("params", {"seed": 1}), ("task", "next_item")])
+@pytest.mark.parametrize("field, value", [("hash", "f" * 64), ("params", {"seed": 1}), ("task", "next_item"),
+                                          ("audit", {"version": 1, "passed": True, "checks": {}})])
 @pytest.mark.parametrize("entry", ["load", "prepare"])
 def test_an_edited_protocol_meta_never_gives_a_false_provenance(tiny_cache, caplog, field, value, entry):
     root, data = tiny_cache
@@ -373,7 +374,7 @@ def test_a_forged_hash_with_a_matching_binding_is_caught_by_rehashing_the_sample
     stored = json.loads(meta.read_text())
     stored["hash"] = "e" * 64
     stored["binding"] = protocols._binding(protocols._header(data, "ctr", stored["params"]), stored["hash"],
-                                           stored["files"], stored["sizes"])
+                                           stored["files"], stored["sizes"], stored["audit"])
     meta.write_text(json.dumps(stored))
     with caplog.at_level(logging.WARNING):
         assert protocols.load(data, "ctr").info.hash == proto.info.hash

@@ -1,8 +1,11 @@
 """Frozen protocols: the samples every method sees, built once, hashed, stored, never re-drawn.
 
 ``ctr`` (TALLRec / ReLLa / RecLoRA): one sample per interaction whose user has at least
-``min_history`` earlier interactions; the history is the user's earlier items (with ratings); the
-label is ``rating > card.label_threshold``. Samples are ordered by a global stable sort on
+``min_history`` strictly earlier interactions; the history is the user's items (with ratings) from
+before the target's timestamp, oldest first. Interactions in the target's own second are not
+history: their order within the second is unknown (on MovieLens-100K half of the samples have one,
+rated in the same batch as the target), and the audit checks it. The label is
+``rating > card.label_threshold``. Samples are ordered by a global stable sort on
 (timestamp, user, item) and split 8:1:1 in that order. ``eval_cap`` keeps a frozen random subset of
 valid and test.
 
@@ -17,8 +20,11 @@ The protocol hash is the sha256 of the card digest, the source files' sha256, th
 the canonical bytes of every column of every split, so the same inputs give the same hash and any
 change to a sample changes it.
 
+Every protocol is audited for leakage when it is built (:mod:`benchmarks.data.audit`); the audit is
+stored with it and travels in :class:`ProtocolInfo` to every record.
+
 A stored protocol is a folder of one parquet file per split and a ``meta.json`` (task, params, hash,
-the files' sha256, sizes, and a ``binding``: the sha256 of the header and of all of these). It is
+the files' sha256, sizes, the audit, and a ``binding``: the sha256 of the header and of all of these). It is
 used only if the meta.json reads, its task and params are the card's, its binding and the files'
 sha256 match, and (when the frames are loaded) the hash re-derived from the loaded samples is the
 stored one; anything else is rebuilt, with one warning line naming the file.
@@ -38,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.contract import ProtocolInfo
+from benchmarks.data import audit
 from benchmarks.data.cache import atomic_dir, cache_root, sha256_file
 from benchmarks.data.canonical import CanonicalData, stable_order
 from benchmarks.data.cards import canonical_hash, canonical_json
@@ -164,13 +171,21 @@ def _user_order(inter: pd.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray,
     return ordered, starts, np.diff(np.append(starts, len(users)))
 
 
-def _histories(ordered: dict[str, np.ndarray], rows: np.ndarray, positions: np.ndarray,
+def _histories(ordered: dict[str, np.ndarray], ends: np.ndarray, positions: np.ndarray,
                max_len: int) -> tuple[_Windows, _Windows]:
-    """For each sample (row index ``rows`` into ``ordered``, at user position ``positions``), the up to
-    ``max_len`` previous items and ratings of the same user, oldest first."""
+    """For each sample, the up to ``max_len`` items and ratings of its user in ``ordered`` before row
+    ``ends`` (exclusive; ``positions``: how many of the user's rows come before it), oldest first."""
     length = np.minimum(positions, max_len).astype(np.int64)
-    return (_Windows(ordered["item"], rows, length, max_len),
-            _Windows(ordered["rating"].astype(np.float32, copy=False), rows, length, max_len))
+    return (_Windows(ordered["item"], ends, length, max_len),
+            _Windows(ordered["rating"].astype(np.float32, copy=False), ends, length, max_len))
+
+
+def _second_starts(ordered: dict[str, np.ndarray]) -> np.ndarray:
+    """For each row of ``ordered`` (sorted by user, timestamp), the first row of its user and timestamp."""
+    user, stamp = ordered["user"], ordered["timestamp"]
+    first = np.ones(len(user), dtype=bool)
+    first[1:] = (user[1:] != user[:-1]) | (stamp[1:] != stamp[:-1])
+    return np.maximum.accumulate(np.where(first, np.arange(len(user)), 0))
 
 
 def _fixed_width(matrix: np.ndarray) -> _Windows:
@@ -254,11 +269,12 @@ def build_ctr(data: CanonicalData, params: Mapping[str, Any]) -> dict[str, Colum
     if data.card.label_threshold is None:
         raise ValueError(f"dataset '{data.card.name}' has no label_threshold: the ctr protocol needs ratings")
     ordered, starts, counts = _user_order(data.interactions)
-    position = np.arange(len(ordered["user"])) - np.repeat(starts, counts)
-    eligible = np.flatnonzero(position >= int(params["min_history"]))
+    history_end = _second_starts(ordered)  # history: the user's rows before the target's second
+    earlier = history_end - np.repeat(starts, counts)
+    eligible = np.flatnonzero(earlier >= int(params["min_history"]))
     rows = eligible[stable_order(ordered["timestamp"][eligible], ordered["user"][eligible],
                                  ordered["item"][eligible])]
-    hist, hist_r = _histories(ordered, rows, position[rows], int(params["max_history"]))
+    hist, hist_r = _histories(ordered, history_end[rows], earlier[rows], int(params["max_history"]))
     rating = ordered["rating"][rows]
     samples = {
         "user": ordered["user"][rows],
@@ -322,6 +338,10 @@ def build_next_item(data: CanonicalData, params: Mapping[str, Any]) -> dict[str,
 
 
 BUILDERS = {"ctr": build_ctr, "next_item": build_next_item}
+#: bumped whenever a builder's samples change for the same inputs, so that no cached protocol of the
+#: old code is reused (the version is in the header: the cache key and the hash). ctr 2: histories
+#: end before the target's second.
+BUILDER_VERSIONS = {"ctr": 2, "next_item": 1}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -404,14 +424,19 @@ def _params(data: CanonicalData, task: str) -> dict[str, Any]:
 
 def _header(data: CanonicalData, task: str, params: Mapping[str, Any]) -> dict[str, Any]:
     return {"card": data.card.digest(), "tiny": data.tiny, "sources": data.source_sha256,
-            "task": task, "params": dict(params)}
+            "task": task, "params": dict(params), "builder": BUILDER_VERSIONS[task], "audit": audit.AUDIT_VERSION}
+
+
+def _audit(data: CanonicalData, task: str, params: Mapping[str, Any], splits: Mapping[str, Columns]) -> dict:
+    return audit.audit_protocol(task, splits, data.interactions, data.catalog.n_items, params)
 
 
 def build(data: CanonicalData, task: str) -> FrozenProtocol:
     """Build the ``task`` protocol of ``data`` from scratch (deterministic)."""
     params = _params(data, task)
     splits = BUILDERS[task](data, params)
-    info = ProtocolInfo(task, params, content_hash(splits, _header(data, task, params)))
+    info = ProtocolInfo(task, params, content_hash(splits, _header(data, task, params)),
+                        _audit(data, task, params, splits))
     return FrozenProtocol(info, **{split: _frame(columns) for split, columns in splits.items()})
 
 
@@ -420,9 +445,12 @@ def _folder(data: CanonicalData, task: str) -> Path:
     return cache_root() / "protocols" / f"{data.card.name}{'-tiny' if data.tiny else ''}-{task}-{key}"
 
 
-def _binding(header: Mapping[str, Any], digest: str, files: Mapping[str, str], sizes: Mapping[str, int]) -> str:
-    """sha256 tying a stored hash to the inputs it was derived from and to the split files' sha256."""
-    return canonical_hash({"header": dict(header), "hash": digest, "files": dict(files), "sizes": dict(sizes)})
+def _binding(header: Mapping[str, Any], digest: str, files: Mapping[str, str], sizes: Mapping[str, int],
+             audit_report: Mapping[str, Any]) -> str:
+    """sha256 tying a stored hash and audit to the inputs they were derived from and to the split
+    files' sha256."""
+    return canonical_hash({"header": dict(header), "hash": digest, "files": dict(files), "sizes": dict(sizes),
+                           "audit": dict(audit_report)})
 
 
 def _corrupt(path: Path, why: str) -> None:
@@ -441,15 +469,15 @@ def _verified_meta(folder: Path, data: CanonicalData, task: str) -> dict[str, An
     params = _params(data, task)
     try:
         meta = json.loads(meta_path.read_text())
-        files, sizes, digest = meta["files"], meta["sizes"], meta["hash"]
+        files, sizes, digest, report = meta["files"], meta["sizes"], meta["hash"], meta["audit"]
         if not (all(isinstance(files.get(s), str) for s in SPLITS)
                 and all(isinstance(sizes.get(s), int) for s in SPLITS)
-                and isinstance(digest, str) and isinstance(meta["binding"], str)):
+                and isinstance(digest, str) and isinstance(meta["binding"], str) and isinstance(report, dict)):
             raise TypeError("a field has the wrong type")
         if meta["task"] != task or canonical_json(meta["params"]) != canonical_json(params):
             raise ValueError(f"task or params differ from the card's {task} protocol")
-        if meta["binding"] != _binding(_header(data, task, params), digest, files, sizes):
-            raise ValueError("the stored hash, sizes or file sums were changed after the protocol was built")
+        if meta["binding"] != _binding(_header(data, task, params), digest, files, sizes, report):
+            raise ValueError("the stored hash, sizes, audit or file sums were changed after the protocol was built")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         why = f"missing key {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
         if str(err) == "'binding'":
@@ -472,7 +500,7 @@ def _read(folder: Path, data: CanonicalData, task: str) -> FrozenProtocol | None
     if content_hash(splits, _header(data, task, meta["params"])) != meta["hash"]:
         _corrupt(folder / "meta.json", "the stored hash is not the hash of the split files' samples")
         return None
-    info = ProtocolInfo(meta["task"], meta["params"], meta["hash"])
+    info = ProtocolInfo(meta["task"], meta["params"], meta["hash"], meta["audit"])
     return FrozenProtocol(info, **splits)
 
 
@@ -480,6 +508,7 @@ def _build_and_store(data: CanonicalData, task: str, folder: Path) -> tuple[Prot
     params = _params(data, task)
     splits = BUILDERS[task](data, params)
     header = _header(data, task, params)
+    report = _audit(data, task, params, splits)
     with atomic_dir(folder) as tmp, ThreadPoolExecutor(1) as hasher:
         # the hash is computed beside the writing: sha256 and the parquet encoder release the GIL
         digest = hasher.submit(content_hash, splits, header)
@@ -487,11 +516,11 @@ def _build_and_store(data: CanonicalData, task: str, folder: Path) -> tuple[Prot
         for split in SPLITS:
             _write_parquet(splits[split], tmp / f"{split}.parquet")
             files[split] = sha256_file(tmp / f"{split}.parquet")
-        info = ProtocolInfo(task, params, digest.result())
+        info = ProtocolInfo(task, params, digest.result(), report)
         sizes = {s: _n_rows(splits[s]) for s in SPLITS}
         (tmp / "meta.json").write_text(json.dumps({
             "task": task, "params": info.params, "hash": info.hash, "files": files, "sizes": sizes,
-            "binding": _binding(header, info.hash, files, sizes)}, indent=1))
+            "audit": report, "binding": _binding(header, info.hash, files, sizes, report)}, indent=1))
     return info, splits
 
 
@@ -503,7 +532,7 @@ def prepare(data: CanonicalData, task: str) -> tuple[ProtocolInfo, dict[str, int
     folder = _folder(data, task)
     meta = _verified_meta(folder, data, task)
     if meta is not None:
-        return ProtocolInfo(meta["task"], meta["params"], meta["hash"]), meta["sizes"]
+        return ProtocolInfo(meta["task"], meta["params"], meta["hash"], meta["audit"]), meta["sizes"]
     info, splits = _build_and_store(data, task, folder)
     return info, {split: _n_rows(columns) for split, columns in splits.items()}
 

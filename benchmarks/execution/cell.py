@@ -31,7 +31,7 @@ import numpy as np
 
 from benchmarks import records, registry
 from benchmarks.contract import CellContext, FitData, without_labels
-from benchmarks.data import canonical, protocols, sources
+from benchmarks.data import audit, canonical, protocols, sources
 from benchmarks.data.cache import ENV_VAR, cache_root, method_cache
 from benchmarks.data.cards import known_cards, load_card
 from benchmarks.execution import encoder_log, env, evaluation, full_ranking, padding, progress, sandbox
@@ -103,6 +103,8 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
         record.dataset_sha256 = data.source_sha256
         record.data_quality = dict(data.data_quality)
         catalog, info = data.catalog, protocol.info
+        record.audit = _audit(protocol, cell, spec.shots)
+        audit.require_passed(record.audit)
 
         config = registry.resolve_config(entry, spec.config)
         record.method_config = config_dict(config)
@@ -172,6 +174,16 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
         record.finished_at = now()
         shutil.rmtree(workdir, ignore_errors=True)
     return record, bundle
+
+
+def _audit(protocol: protocols.FrozenProtocol, cell: Cell, suite_shots: tuple) -> dict:
+    """The protocol's stored audit and the check of this cell's few-shot subsets (those of its seed
+    at every size the suite gives the method: nested, disjoint from valid and test)."""
+    sizes = sorted({int(k) for k in (*suite_shots, cell.shots) if k != "full"})
+    few_shot = (audit.audit_few_shot({k: protocol.few_shot(k, cell.seed) for k in sizes}, protocol.valid, protocol.test)
+                if sizes else None)
+    scopes = {"protocol": protocol.info.audit, "few_shot": few_shot}
+    return {**scopes, "passed": all(s is None or s["passed"] for s in scopes.values())}
 
 
 def _library_caches() -> list[Path]:
