@@ -103,8 +103,10 @@ def _ctr_test_pair_in_train(f):
     _set(f["train"], k, item=int(test["item"]))
 
 
-CTR_LEAKS = {"history_before_target": _ctr_target_in_history, "history_before_target/same second": _ctr_same_second_history,
-             "history_is_users": _ctr_foreign_history_item, "train_before_eval": _ctr_test_sample_in_train,
+CTR_LEAKS = {"history_before_target": _ctr_target_in_history,
+             "history_before_target/same second": _ctr_same_second_history,
+             "history_is_users": _ctr_foreign_history_item,
+             "train_before_eval": _ctr_test_sample_in_train,
              "test_pair_in_train": _ctr_test_pair_in_train}
 
 

@@ -282,7 +282,7 @@ def audit_few_shot(subsets: Mapping[Any, pd.DataFrame], valid: pd.DataFrame, tes
     tally = _Tally()
     held_out = pd.concat([valid, test])[["user", "item", "timestamp"]].drop_duplicates()
     ordered = sorted(subsets.items(), key=lambda kv: len(kv[1]))
-    for k, (shots, subset) in enumerate(ordered):
+    for k, (_, subset) in enumerate(ordered):
         ids = subset["sample_id"].to_numpy()
         larger = ordered[k + 1][1]["sample_id"].to_numpy() if k + 1 < len(ordered) else ids
         tally.add("few_shot_nested", "train", ~np.isin(ids, larger), ids)
