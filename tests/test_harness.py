@@ -118,6 +118,44 @@ def test_run_folder_has_tables_and_prints_them(ci_run):
     assert env["packages"]["numpy"] and env["python"]
 
 
+def test_every_record_carries_a_passed_audit_and_the_report_shows_it(ci_records, ci_run):
+    run_dir, proc = ci_run
+    for r in ci_records:
+        assert r["audit"]["passed"] is True and r["audit"]["protocol"]["version"] >= 1
+        checks = r["audit"]["protocol"]["checks"]
+        assert checks and all(c["count"] == 0 and c["checked"] > 0 for c in checks.values())
+        assert ("candidate_position" in r["audit"]["protocol"]) == (r["task"] == "next_item")
+        assert (r["audit"]["few_shot"] is not None) == (r["shots"] != "full")
+    text = (run_dir / "accuracy.md").read_text()
+    audit_part = text[text.index("## Protocol audit"):]
+    for name in {n for r in ci_records for n in r["audit"]["protocol"]["checks"]} | {"few_shot_nested"}:
+        assert f"| {name} " in audit_part, name
+    assert "target position among the candidates" in audit_part and "AUDIT FAILED" not in proc.stdout
+    assert "<h2>Protocol audit</h2>" in (run_dir / "report.html").read_text()
+
+
+def test_a_failed_audit_is_the_first_line_of_the_report(ci_run, tmp_path):
+    import shutil
+
+    from benchmarks import records
+    from benchmarks.reporting.report import write_reports
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(ci_run[0], run_dir)
+    leaked = json.loads((run_dir / "records.jsonl").read_text().splitlines()[0])
+    check = next(iter(leaked["audit"]["protocol"]["checks"]))
+    leaked["audit"]["protocol"]["checks"][check].update(count=3, example={"split": "test", "sample_id": 7})
+    leaked["audit"]["protocol"]["passed"] = leaked["audit"]["passed"] = False
+    leaked.update(status="failed", metrics={}, error={"type": "ProtocolAuditError", "traceback": "",
+                                                      "message": f"protocol audit failed: {check}: 3 of 9 samples"})
+    records.append(run_dir / "records.jsonl", leaked)
+    text = write_reports(run_dir)
+    assert text.splitlines()[0].startswith(f"**PROTOCOL AUDIT FAILED (2): {leaked['cell']}: protocol audit failed: ")
+    assert (run_dir / "accuracy.md").read_text().splitlines()[0] == text.splitlines()[0]
+    assert f"| {check} " in text and "| 3 / " in text and "test sample_id 7" in text
+    assert "PROTOCOL AUDIT FAILED" in (run_dir / "report.html").read_text()
+
+
 #: Metrics of trained models may move in the last float32 bits between reruns on CPU: reclora's ci
 #: LogLoss once moved by 1.1e-7 and DeepFM's by 2.9e-8 (cause not pinned down: README, "Determinism").
 #: The issue's bound for LLM methods, applied to every trained model. Every other field, and every metric

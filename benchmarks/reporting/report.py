@@ -8,7 +8,7 @@ from html import escape as html_escape
 from pathlib import Path
 
 from benchmarks import records
-from benchmarks.reporting import health, html_report, plots, published, stats, tables, verdict
+from benchmarks.reporting import audit_report, health, html_report, plots, published, stats, tables, verdict
 
 CI_NOTE = (f"Values: mean ± std over seeds; in brackets the 95% bootstrap interval over test samples and seeds "
            f"({stats.N_RESAMPLES} resamples, seed {stats.SEED}: each resample draws the test samples, shared by "
@@ -98,8 +98,11 @@ def write_reports(run_dir: Path) -> str:
                     "cell loaded instead of training (the conventional cell of the same seed trained it: add its "
                     "train s for the whole pipeline).")
     small = sample_size_line(recs)
-    accuracy = (f"## Verdict\n\n{header} {small}{VERDICT_NOTE}\n\n{verdict_text('github')}"
-                f"## Accuracy\n\n{small}{CI_NOTE} {FLAGS_NOTE} {PAIRED_NOTE}\n\n{accuracy_text('github')}")
+    audit_failed = audit_report.failed_line(recs)
+    accuracy = ((f"**{audit_failed}**\n\n" if audit_failed else "")
+                + f"## Verdict\n\n{header} {small}{VERDICT_NOTE}\n\n{verdict_text('github')}"
+                f"## Accuracy\n\n{small}{CI_NOTE} {FLAGS_NOTE} {PAIRED_NOTE}\n\n{accuracy_text('github')}"
+                f"\n## Protocol audit\n\n{audit_report.NOTE}\n\n{audit_report.audit_section(recs)}")
     latency = f"## Latency and cost\n\n{header} {latency_note}\n\n{tables.latency_table(recs)}\n"
     paper = (f"## Paper-style table\n\n{header} Seed means (± std); the best of each column in bold. "
              f"{PUBLISHED_NOTE}\n\n{paper_text('github')}"
@@ -107,7 +110,8 @@ def write_reports(run_dir: Path) -> str:
     (run_dir / "accuracy.md").write_text(accuracy)
     (run_dir / "latency.md").write_text(latency)
     (run_dir / "paper_table.md").write_text(paper)
-    (run_dir / "accuracy.tex").write_text(verdict_text("latex") + accuracy_text("latex"))
+    (run_dir / "accuracy.tex").write_text(verdict_text("latex") + accuracy_text("latex")
+                                          + audit_report.audit_section(recs, "latex"))
     (run_dir / "latency.tex").write_text(tables.latency_table(recs, "latex") + "\n")
     (run_dir / "paper_table.tex").write_text(paper_text("latex"))
     tables.write_summary_csv(recs, run_dir / "summary.csv", intervals)
@@ -115,7 +119,8 @@ def write_reports(run_dir: Path) -> str:
     figure = plots.accuracy_cost_figure(plots.points(groups, intervals), run_dir / "accuracy_vs_cost.png",
                                         title=f"{saved.get('run_id', run_dir.name)}: accuracy against cost")
     plain_header = header.replace("`", "")
-    html_report.write_html(run_dir, f"llmrec-bench run {saved.get('run_id', run_dir.name)}", plain_header, [
+    html_report.write_html(run_dir, f"llmrec-bench run {saved.get('run_id', run_dir.name)}",
+                           f"{audit_failed}. {plain_header}" if audit_failed else plain_header, [
         ("Verdict", f'<p class="note">{html_escape(small + VERDICT_NOTE)}</p>\n{verdict_text("html")}'),
         ("Accuracy", f'<p class="note">{html_escape(f"{small}{CI_NOTE} {FLAGS_NOTE} {PAIRED_NOTE}")}</p>\n'
                      f'{accuracy_text("html")}'),
@@ -124,6 +129,8 @@ def write_reports(run_dir: Path) -> str:
          + (f'<p class="note">Published numbers not measured in this run:</p>\n'
             f"<pre>{html_escape(_not_in_run(elsewhere))}</pre>" if elsewhere else "")),
         ("Latency and cost", f'<p class="note">{html_escape(latency_note)}</p>\n{tables.latency_table(recs, "html")}'),
+        ("Protocol audit", f'<p class="note">{html_escape(audit_report.NOTE)}</p>\n'
+                           f'{audit_report.audit_section(recs, "html")}'),
     ], figure)
     return f"{accuracy}\n{latency}"
 
