@@ -57,9 +57,10 @@ class CellRecord:
     padding: dict | None = None     # {"fit"|"score": {"tokens", "slots", "waste"}}: execution/padding.py
     encoders: list | None = None    # [{"model", "origin": "trained"|"loaded", "entry"}]: execution/encoder_log.py
     full_ranking: dict | None = None  # next_item over all items: {"n_items", "metrics"}: execution/full_ranking.py
+    order_probe: dict | None = None  # LLM next_item: answers under other candidate orders: audits/order_probe.py
     provenance: dict | None = None  # the method's source: in-tree file + sha256, or plugin distribution
     data_quality: dict | None = None  # what reading the raw files dropped or refused, with the policy
-    audit: dict | None = None       # leakage checks: {"protocol", "few_shot", "passed"}: benchmarks/data/audit.py
+    audit: dict | None = None       # {"protocol", "few_shot", "prompts", "passed"}: data/audit.py, audits/prompts.py
     started_at: str = ""
     finished_at: str = ""
 

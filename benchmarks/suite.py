@@ -43,6 +43,7 @@ class Budget:
     latency_samples: int = 16       # samples timed one by one for p50/p95
     warmup: int = 2                 # samples scored before timing starts
     cell_timeout_s: int = 3600      # a cell running longer is stopped and recorded as failed
+    order_probe_samples: int = 200  # LLM next_item: test samples re-scored per candidate order (audits/order_probe.py)
 
 
 @dataclass(frozen=True)

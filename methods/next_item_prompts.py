@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.audits import prompts as prompt_audit
 from benchmarks.contract import Catalog
 from methods.prompting import PromptSet, PromptTemplate, chat_frame
 
@@ -88,6 +89,14 @@ class NextItemPrompts:
         return self.template.separator.join(self.template.title.format(title=t) + _ITEM_MARK
                                             for t in self.catalog.titles(items))
 
+    def _title(self, item: int) -> str:
+        return self.template.title.format(title=self.catalog.titles([item])[0])
+
+    def texts(self, samples: pd.DataFrame) -> list[str]:
+        """Each sample's rendered text as the model reads it (chat tail included, no marks)."""
+        return [self.sample_text(np.asarray(h, dtype=np.int64)[-self.history_len:], np.asarray(c, dtype=np.int64))
+                .replace(_ITEM_MARK, "") for h, c in zip(samples["history"], samples["candidates"])]
+
     def sample_text(self, history: np.ndarray, candidates: np.ndarray) -> str:
         """The per-sample part of one prompt (chat tail included), a mark after every title."""
         return self.template.sample.format(history=self._titles(history), candidates=self._titles(candidates),
@@ -104,6 +113,7 @@ class NextItemPrompts:
         histories = [np.asarray(h, dtype=np.int64)[-self.history_len:] for h in samples["history"]]
         candidates = [np.asarray(c, dtype=np.int64) for c in samples["candidates"]]
         pieces = [self.sample_text(h, c).split(_ITEM_MARK) for h, c in zip(histories, candidates)]
+        texts = ["".join(parts) for parts in pieces]
         flat = self._encode([p for parts in pieces for p in parts])
         suffixes, start = [], 0
         for parts, items in zip(pieces, (np.concatenate([h, c]) for h, c in zip(histories, candidates))):
@@ -114,6 +124,11 @@ class NextItemPrompts:
                     ids.append(self.item_token_base + int(items[k]))
             suffixes.append(ids)
             start += len(parts)
+        base = self.item_token_base
+        prompt_audit.check_next_item(
+            samples, texts, self.texts, template=self.template.name, shared=self.shared_text(), title=self._title,
+            separator=self.template.separator, history_len=self.history_len,
+            item_positions=None if base is None else [[i - base for i in ids if i >= base] for ids in suffixes])
         columns: dict[str, Any] = {"sample_id": samples["sample_id"].to_numpy(), "suffix_ids": suffixes,
                                    "candidates": [c.tolist() for c in candidates]}
         if "label" in samples.columns:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from benchmarks.audits import prompts as prompt_audit
 from benchmarks.contract import Catalog
 
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
@@ -181,6 +182,7 @@ class CtrPrompts:
         import datasets
 
         texts = self.sample_texts(samples)
+        prompt_audit.check_ctr(samples, texts, self.sample_texts)
         columns: dict[str, Any] = {
             "sample_id": samples["sample_id"].to_numpy(), "user": samples["user"].to_numpy(),
             "item": samples["item"].to_numpy(), "text": texts}

@@ -134,6 +134,40 @@ def test_every_record_carries_a_passed_audit_and_the_report_shows_it(ci_records,
     assert "<h2>Protocol audit</h2>" in (run_dir / "report.html").read_text()
 
 
+def test_llm_records_carry_the_prompt_order_and_memorization_audits(ci_records, ci_run):
+    run_dir, _ = ci_run
+    llm = [r for r in ci_records if r["family"] == "llm"]
+    assert {r["task"] for r in llm} == {"ctr", "next_item"}
+    for r in ci_records:
+        prompts = r["audit"].get("prompts")
+        if r["family"] != "llm":
+            assert prompts is None and r["order_probe"] is None
+            continue
+        # every training prompt and every scored prompt was checked (validation renders more)
+        assert prompts["passed"] and prompts["prompts"] >= r["n_train"] + r["n_eval"]
+        assert all(c["count"] == 0 for c in prompts["checks"].values()) and "answer_changes_prompt" in prompts["checks"]
+        assert ("candidate_list_not_once" in prompts["checks"]) == (r["task"] == "next_item")
+        memorization = r["backbone"]["memorization"]
+        assert memorization["dataset"] == r["dataset"] and memorization["backbone"] == r["backbone"]["id"]
+        assert 0.0 <= memorization["exact"]["rate"] <= memorization["normalized"]["rate"] <= 1.0
+        assert memorization["n_items"] >= 500 and r["timing"]["memorization_seconds"] is not None
+        probe = r["order_probe"]
+        if r["task"] == "ctr":
+            assert probe is None
+            continue
+        assert probe["samples"] == min(r["budget"]["order_probe_samples"], r["n_eval"])
+        assert r["timing"]["order_probe_seconds"] > 0
+        for ordering in ("reversed", "shuffled"):
+            low, high = probe[ordering]["delta_interval"]
+            assert 0.0 <= probe[ordering]["top1_changed"] <= 1.0 and low <= probe[ordering]["delta_hr@1"] <= high
+    accuracy = (run_dir / "accuracy.md").read_text()
+    assert "backbone memorized" in accuracy.split("## Protocol audit")[0]
+    audit_part = accuracy.split("## Protocol audit")[1]
+    for title in ("order sensitivity of LLM next_item methods", "backbone memorization of the dataset",
+                  "prompts of ilora", "prompts of tallrec"):
+        assert title in audit_part, title
+
+
 def test_a_failed_audit_is_the_first_line_of_the_report(ci_run, tmp_path):
     import shutil
 
@@ -154,6 +188,13 @@ def test_a_failed_audit_is_the_first_line_of_the_report(ci_run, tmp_path):
     assert (run_dir / "accuracy.md").read_text().splitlines()[0] == text.splitlines()[0]
     assert f"| {check} " in text and "| 3 / " in text and "test sample_id 7" in text
     assert "PROTOCOL AUDIT FAILED" in (run_dir / "report.html").read_text()
+    prompted = next(json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()
+                    if json.loads(line)["family"] == "llm")
+    prompted.update(status="failed", metrics={}, error={"type": "PromptLeakError", "traceback": "", "message":
+                                                        "answer in prompt: answer_changes_prompt: 16 of 16 prompts"})
+    records.append(run_dir / "records.jsonl", prompted)
+    first = write_reports(run_dir).splitlines()[0]
+    assert first.startswith("**PROTOCOL AUDIT FAILED (3): ") and "answer in prompt: answer_changes_prompt" in first
 
 
 #: Metrics of trained models may move in the last float32 bits between reruns on CPU: reclora's ci

@@ -17,7 +17,8 @@ TOP = {"benchmarks", "benchmarks.contract", "benchmarks.registry", "benchmarks.m
 #: subpackage -> the project packages its modules may import (besides their own subpackage)
 ALLOWED = {
     "data": {"benchmarks.contract", "benchmarks.registry"},
-    "execution": TOP | {"benchmarks.data"},
+    "audits": TOP | {"benchmarks.data"},
+    "execution": TOP | {"benchmarks.data", "benchmarks.audits"},
     "reporting": TOP | {"benchmarks.data"},
 }
 

@@ -2,6 +2,7 @@
 evaluation), the executors that run them (local processes, Ray), timing, run folders, the
 environment facts, cost estimates.
 
-May import: the top-level contract, registry, metrics, records and suite, the data layer, and itself.
+May import: the top-level contract, registry, metrics, records and suite, the data layer, the audits,
+and itself.
 Never reporting.
 """

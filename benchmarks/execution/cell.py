@@ -23,6 +23,7 @@ import random
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import records, registry
+from benchmarks.audits import order_probe
+from benchmarks.audits import prompts as prompt_audit
 from benchmarks.contract import CellContext, FitData, without_labels
 from benchmarks.data import audit, canonical, protocols, sources
 from benchmarks.data.cache import ENV_VAR, cache_root, method_cache
@@ -94,6 +97,7 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
     timing = Timing()
     bundle: dict = {}
     reset_peak_memory(suite.device)
+    prompt_audit.reset()
     workdir = Path(tempfile.mkdtemp(prefix="cell-", dir=run_dir / "work"))
     try:
         data = canonical.load(cell.dataset, tiny=dataset_entry.tiny)
@@ -152,6 +156,11 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
             else:
                 record.full_ranking = {"n_items": catalog.n_items, "skipped": f"{len(test)} samples x "
                                        f"{catalog.n_items} items is over {full_ranking.MAX_SCORES:,} scores"}
+        probed = None
+        if order_probe.applies(cell.task, entry.family):
+            progress.report("order probe")
+            subset = evaluation.frozen_subset(test, budget.order_probe_samples, f"{info.hash}/order-probe")
+            timing.order_probe_seconds, probed = order_probe.rescore(method.score, subset, info.hash)
         record.padding = {name: value for name, value in (("fit", padding.phase(before_fit, after_fit)),
                                                           ("score", padding.phase(after_fit, padding.totals())))
                           if value is not None} or None
@@ -160,15 +169,28 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
                   "probe": np.concatenate(probes).astype(np.float64) if probes else np.zeros((0,))}
         if full_scores is not None:
             bundle["full_score"] = full_scores
+        if probed is not None:
+            bundle.update({f"order_{name}": values for name, values in probed.items()})
         counts = method.parameter_counts()
         record.parameters = asdict(counts) if counts is not None else None
         describe = getattr(method, "backbone_info", None)
         record.backbone = describe() if callable(describe) else None
+        if record.backbone is not None:
+            record_memory(suite.device, timing)  # the method's peak, before the probe may load a backbone
+            del method
+            gc.collect()
+            progress.report("memorization probe")
+            started = time.perf_counter()
+            record.backbone["memorization"] = _memorization(record.backbone, catalog, record, ctx)
+            timing.memorization_seconds = time.perf_counter() - started
         record.status = "ok"
     except Exception as err:  # noqa: BLE001 - every failure becomes a record; the suite goes on
         record.error = evaluation.error_info(err)
     finally:
-        record_memory(suite.device, timing)
+        if record.audit is not None:
+            record.audit = _with_prompt_audit(record.audit)
+        if timing.peak_memory_mb is None:
+            record_memory(suite.device, timing)
         record.timing = timing.as_dict()
         record.host = env.process_facts()
         record.finished_at = now()
@@ -183,6 +205,35 @@ def _audit(protocol: protocols.FrozenProtocol, cell: Cell, suite_shots: tuple) -
     few_shot = (audit.audit_few_shot({k: protocol.few_shot(k, cell.seed) for k in sizes}, protocol.valid, protocol.test)
                 if sizes else None)
     scopes = {"protocol": protocol.info.audit, "few_shot": few_shot}
+    return {**scopes, "passed": all(s is None or s["passed"] for s in scopes.values())}
+
+
+def _memorization(info: dict, catalog, record: records.CellRecord, ctx: CellContext) -> dict | None:
+    """The backbone's memorization of the cell's dataset (:mod:`benchmarks.audits.memorization`), cached
+    per (backbone, dataset): on a miss, the bare backbone is loaded again (float32 compute on CPU, as
+    every probe of it is) and probed. A probe that fails is recorded as its error; the cell stands."""
+    from benchmarks.audits import memorization
+
+    def load():
+        from methods.backbone import load_backbone
+
+        return load_backbone(ctx.llm, ctx.quant, ctx.device, cache=ctx.cache_dir, cpu_dtype="float32")
+
+    expected = {**info, "compute_dtype": "float32"} if ctx.device == "cpu" else info
+    try:
+        result = memorization.probe_backbone(load, catalog, record.dataset, record.dataset_sha256, ctx.cache_dir,
+                                             info=expected)
+    except Exception as err:  # noqa: BLE001 - an informational probe never fails the cell
+        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]}
+    if result is None:
+        return None
+    return {k: v for k, v in result.items() if k not in ("prompt_prefix", "keyed_by")}
+
+
+def _with_prompt_audit(audit_scopes: dict) -> dict:
+    """The cell's audit with the answer-in-prompt counts of every prompt its method rendered
+    (:mod:`benchmarks.audits.prompts`; None for methods that render none)."""
+    scopes = {**{k: v for k, v in audit_scopes.items() if k != "passed"}, "prompts": prompt_audit.result()}
     return {**scopes, "passed": all(s is None or s["passed"] for s in scopes.values())}
 
 

@@ -3,8 +3,9 @@
 CPU estimates are calibrated on the committed records under ``results/`` (measured on the 2-core
 machine): per cell, the median training seconds of the same (method, task, shots), else of the same
 (method, task), else of the family, plus its scoring seconds scaled by the suite's evaluation cap
-against the record's number of evaluated samples, plus :data:`PROCESS_S` for the cell's process
-start. There is no GPU calibration yet: a cuda suite is given its cell count only.
+against the record's number of evaluated samples, plus the order probe's re-scoring at the same rate
+(LLM next_item cells), plus :data:`PROCESS_S` for the cell's process start. There is no GPU
+calibration yet: a cuda suite is given its cell count only.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import statistics
 from collections import defaultdict
 from functools import lru_cache
 
+from benchmarks.audits import order_probe
 from benchmarks.registry import ROOT, discover
 
 RESULTS = ROOT / "results"
@@ -43,7 +45,8 @@ def _calibration() -> dict[tuple, list[tuple[float, float, int]]]:
     return dict(table)
 
 
-def cell_seconds(method: str, family: str, task: str, shots, tiny: bool, eval_cap: int | None) -> float | None:
+def cell_seconds(method: str, family: str, task: str, shots, tiny: bool, eval_cap: int | None,
+                 order_probe_samples: int = 0) -> float | None:
     """Estimated CPU wall seconds of one cell, or None without a calibration point (tiny subsets are
     calibrated on tiny records only)."""
     table = _calibration()
@@ -52,7 +55,12 @@ def cell_seconds(method: str, family: str, task: str, shots, tiny: bool, eval_ca
             points = table[key]
             train = statistics.median(p[0] for p in points)
             score = statistics.median(p[1] * (eval_cap / p[2] if eval_cap and p[2] else 1.0) for p in points)
-            return PROCESS_S + train + score
+            probe = 0.0
+            if order_probe.applies(task, family):  # each ordering re-scores up to that many of the scored ones
+                scored = eval_cap or statistics.median(p[2] for p in points)
+                probe = len(order_probe.ORDERINGS) * min(order_probe_samples, scored) * statistics.median(
+                    p[1] / p[2] for p in points if p[2])
+            return PROCESS_S + train + score + probe
     return None
 
 
@@ -65,7 +73,7 @@ def total_seconds(cells: list, suite) -> tuple[float, int]:
     registered = discover()
     for cell in cells:
         seconds = cell_seconds(cell.method, registered[cell.method].family, cell.task, cell.shots,
-                               tiny[cell.dataset], suite.budget.eval_cap)
+                               tiny[cell.dataset], suite.budget.eval_cap, suite.budget.order_probe_samples)
         if seconds is None:
             unknown += 1
         else:

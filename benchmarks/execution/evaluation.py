@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import metrics, records
+from benchmarks.audits import order_probe
 from benchmarks.data import canonical, protocols
 from benchmarks.data.cards import load_card
 from benchmarks.execution import full_ranking
@@ -96,7 +97,8 @@ def finish(record: dict, bundle: dict, run_dir) -> dict:
     """``record`` (from the method's process) completed with metrics, or failed with the reason.
 
     ``bundle`` holds what the method's process scored: ``sample_id``, ``score`` (batched),
-    ``probe`` (the one-by-one outputs, stacked) and, for full ranking, ``full_score``. The test split
+    ``probe`` (the one-by-one outputs, stacked), for full ranking ``full_score``, and for the order probe
+    ``order_sample_id`` with the scores of each ordering (``order_reversed``, ``order_shuffled``). The test split
     is the record's own (its dataset, tiny flag, task and evaluation cap).
     """
     if record.get("status") != "ok":
@@ -116,6 +118,10 @@ def finish(record: dict, bundle: dict, run_dir) -> dict:
         record["metrics"] = metrics.compute(record["task"], labels, scores)
         if "full_score" in bundle:
             record["full_ranking"]["metrics"] = _full_ranking_metrics(record, test, bundle["full_score"])
+        if "order_sample_id" in bundle:
+            rows = pd.Index(bundle["sample_id"]).get_indexer(bundle["order_sample_id"])
+            probed = {name: bundle[f"order_{name}"] for name in order_probe.ORDERINGS}
+            record["order_probe"] = order_probe.summarize(scores[rows], probed, labels[rows])
         records.save_scores(run_dir, record["cell"], bundle["sample_id"], labels, scores)
     except Exception as err:  # noqa: BLE001 - a failed check is the cell's failure, the suite goes on
         record.update(status="failed", metrics={}, error=error_info(err))

@@ -75,6 +75,8 @@ class Timing:
     score_peak_memory_mb: float | None = None
     memory_kind: str = ""
     full_ranking_seconds: float | None = None  # next_item against the whole catalogue, apart from the above
+    order_probe_seconds: float | None = None  # benchmarks/audits/order_probe.py, apart from the above
+    memorization_seconds: float | None = None  # benchmarks/audits/memorization.py on a cache miss, apart too
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -1,15 +1,24 @@
-"""The "Protocol audit" section of a run's report, from the audits its records carry
-(:mod:`benchmarks.data.audit`): every leakage check of every protocol with its count, the cells'
-few-shot checks, and where the target sits among the candidates (chi-square against uniform)."""
+"""The "Protocol audit" section of a run's report, from the audits its records carry: every leakage
+check of every protocol with its count (:mod:`benchmarks.data.audit`), the cells' few-shot checks, the
+answer-in-prompt checks of each LLM method's prompts (:mod:`benchmarks.audits.prompts`), where the
+target sits among the candidates (chi-square against uniform), each LLM next_item method's order
+sensitivity (:mod:`benchmarks.audits.order_probe`) and each backbone's memorization of each dataset
+(:mod:`benchmarks.audits.memorization`)."""
 from __future__ import annotations
 
 from benchmarks.data.audit import MAX_LISTS_CHECKED
 from benchmarks.reporting.tables import heading, note, render
 
-NOTE = ("Leakage checks run when a protocol is built (stored with it) and, for the few-shot subsets, in every "
-        "cell; a non-zero count stops the cell. Count: offending samples of those checked; checks that look "
-        f"up listed items read a seeded subset past {MAX_LISTS_CHECKED:,} samples per split. Target position: "
-        "the target's index among the candidates, chi-square against uniform (informational).")
+NOTE = ("Leakage checks run when a protocol is built (stored with it) and, for the few-shot subsets and the "
+        "prompts an LLM method renders, in every cell; a non-zero count stops the cell. Count: offending samples "
+        f"(or prompts) of those checked; checks that look up listed items read a seeded subset past "
+        f"{MAX_LISTS_CHECKED:,} samples per split. Target position: the target's index among the candidates, "
+        "chi-square against uniform. Order sensitivity: a frozen test subset re-scored with the candidates "
+        "reversed and reshuffled (share of changed answers; ΔHR@1 with a 95% paired t interval). Memorization: "
+        "the bare backbone completes the raw file's line of held-out item ids (Wilson 95% intervals). The last "
+        "three are informational.")
+#: the errors that mean an audit stopped the cell
+AUDIT_ERRORS = ("ProtocolAuditError", "PromptLeakError")
 
 
 def _audits(recs: list[dict]) -> list[dict]:
@@ -32,7 +41,7 @@ def _example(example: dict | None) -> str:
 def failed_line(recs: list[dict]) -> str:
     """One line naming every failed audit of the run, or "" when all passed."""
     failed = [f"{r['cell']}: {r['error']['message'].splitlines()[0]}" for r in recs
-              if (r.get("error") or {}).get("type") == "ProtocolAuditError"]
+              if (r.get("error") or {}).get("type") in AUDIT_ERRORS]
     failed += [f"{dataset}/{task}: {name} ({check['count']})" for (dataset, task, _), report in _protocols(recs).items()
                for name, check in report["checks"].items() if check["count"]]
     if not failed:
@@ -53,7 +62,61 @@ def _check_rows(recs: list[dict]) -> list[list]:
             entry[3] = entry[3] or (f"{r['cell']}: {_example(check['example'])}" if check["example"] else "")
     rows += [[dataset, task, f"{cells} cells", name, f"{count} / {checked}", example]
              for (dataset, task, name), (cells, count, checked, example) in sorted(few.items())]
+    return rows + _prompt_rows(recs)
+
+
+def _prompt_rows(recs: list[dict]) -> list[list]:
+    """One row per (dataset, task, method, check): the answer-in-prompt counts summed over its cells."""
+    totals: dict[tuple, list] = {}
+    for r in _audits(recs):
+        for name, check in ((r["audit"].get("prompts") or {}).get("checks") or {}).items():
+            entry = totals.setdefault((r["dataset"], r["task"], r["method"], name), [0, 0, 0, ""])
+            entry[0] += 1
+            entry[1] += check["count"]
+            entry[2] += check["checked"]
+            if check["example"] and not entry[3]:
+                entry[3] = f"{r['cell']}: sample_id {check['example']['sample_id']}"
+    return [[dataset, task, f"prompts of {method} ({cells} cell{'s' * (cells != 1)})", name, f"{count} / {checked}",
+             example]
+            for (dataset, task, method, name), (cells, count, checked, example) in sorted(totals.items())]
+
+
+def _interval(low: float, high: float) -> str:
+    return f"[{low:+.3f}, {high:+.3f}]"
+
+
+def _order_rows(recs: list[dict]) -> list[list]:
+    rows = []
+    for r in sorted((r for r in recs if r.get("order_probe")), key=lambda r: r["cell"]):
+        probe = r["order_probe"]
+        row = [r["dataset"], r["method"], r["shots"], r["seed"], probe["samples"], f"{probe['hr@1']:.3f}"]
+        for name in ("reversed", "shuffled"):
+            order = probe[name]
+            row += [f"{order['top1_changed']:.1%}", f"{order['delta_hr@1']:+.3f} {_interval(*order['delta_interval'])}"]
+        rows.append(row + [f"{(r.get('timing') or {}).get('order_probe_seconds') or 0:.1f}"])
     return rows
+
+
+def _memorization_rows(recs: list[dict]) -> list[list]:
+    """One row per (backbone, dataset): the probe's rates (the same cached result in every cell)."""
+    found: dict[tuple, dict] = {}
+    for r in recs:
+        probe = (r.get("backbone") or {}).get("memorization")
+        if probe:
+            found.setdefault((r["backbone"]["id"], r["dataset"]), probe)
+    rows = []
+    for (backbone, dataset), probe in sorted(found.items()):
+        if "error" in probe:
+            rows.append([backbone, dataset, "", "", f"probe failed: {probe['error']}", "", ""])
+            continue
+        rows.append([backbone, dataset, probe["format"], probe["n_items"], _rate(probe["exact"]),
+                     _rate(probe["normalized"]), probe["copied"]])
+    return rows
+
+
+def _rate(score: dict) -> str:
+    low, high = score["ci95"]
+    return f"{score['rate']:.1%} [{low:.1%}, {high:.1%}] ({score['count']})"
 
 
 def _position_rows(recs: list[dict]) -> list[list]:
@@ -79,4 +142,14 @@ def audit_section(recs: list[dict], tablefmt: str = "github") -> str:
         text += "\n" + heading("target position among the candidates", tablefmt) + render(
             positions, ["dataset", "protocol", "split", "samples", "candidates", "per position", "chi²", "p"],
             tablefmt) + "\n"
+    orders = _order_rows(recs)
+    if orders:
+        text += "\n" + heading("order sensitivity of LLM next_item methods", tablefmt) + render(
+            orders, ["dataset", "method", "shots", "seed", "samples", "HR@1", "reversed: changed", "ΔHR@1 [95%]",
+                     "shuffled: changed", "ΔHR@1 [95%]", "probe s"], tablefmt) + "\n"
+    memorized = _memorization_rows(recs)
+    if memorized:
+        text += "\n" + heading("backbone memorization of the dataset", tablefmt) + render(
+            memorized, ["backbone", "dataset", "line format", "items", "exact [95%]", "normalized [95%]",
+                        "copied from the prompt"], tablefmt) + "\n"
     return text

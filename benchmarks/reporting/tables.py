@@ -125,11 +125,22 @@ def accuracy_table(records: list[dict], tablefmt: str = "github",
                 marks = health.get(key) if name == PRIMARY_METRIC[task] else None
                 row.append(fmt(*mean_std([r["metrics"].get(name) for r in rs]))
                            + ci_text(intervals.get(key, {}).get(name)) + (f" ⚑ {', '.join(marks)}" if marks else ""))
-            rows.append(row)
+            rows.append(row + [memorized(rs)])
         if rows:
-            headers = ["dataset", "method", "shots", "seeds"] + [arrow(n) for n in names]
+            headers = ["dataset", "method", "shots", "seeds"] + [arrow(n) for n in names] + ["backbone memorized"]
+            if not any(row[-1] for row in rows):  # no LLM row: no column
+                rows, headers = [row[:-1] for row in rows], headers[:-1]
             out.append(heading(task, tablefmt) + render(rows, headers, tablefmt))
     return "\n\n".join(out)
+
+
+def memorized(records: list[dict]) -> str:
+    """The backbone's exact-match memorization rate of the dataset (benchmarks/audits/memorization.py), or ""."""
+    probe = next(((r.get("backbone") or {}).get("memorization") for r in records
+                  if (r.get("backbone") or {}).get("memorization")), None)
+    if not probe or "exact" not in probe:
+        return ""
+    return f"{probe['exact']['rate']:.1%} of {probe['n_items']}"
 
 
 def rate(mean: float, std: float | None) -> str:
