@@ -33,7 +33,8 @@ def catalog(verb: str = "watched") -> Catalog:
 def samples(labeled: bool = True) -> pd.DataFrame:
     frame = pd.DataFrame({
         "sample_id": [0, 1, 2], "user": [0, 1, 2], "item": [2, 0, 7],
-        "history": [np.array([0, 1, 3, 4]), np.array([5]), np.array([6, 1])],
+        # the protocol's promise, which the prompt audit holds every prompt to: no candidate in the history
+        "history": [np.array([0, 3, 4, 7]), np.array([5]), np.array([6, 3])],
         "history_ratings": [np.ones(4, np.float32), np.ones(1, np.float32), np.ones(2, np.float32)],
         "candidates": [np.array([1, 2, 5, 6]), np.array([0, 7, 3, 2]), np.array([7, 4, 0, 1])],
     })
@@ -63,7 +64,7 @@ def model(tok):
 def test_text_prompt_is_the_authors_wording_with_the_last_k_titles(tok):
     prompts = builder(tokenizer=tok).build(samples())
     text = tok.decode(prompts.full_ids(0))
-    expected = ("This user has watched Heat, Fargo, Babe in the previous. Please predict the next movie this user "
+    expected = ("This user has watched Fargo, Babe, Sleeper in the previous. Please predict the next movie this user "
                 "will watch. Choose the answer from the following 4 movie titles: Heat, Heat Wave, Star Wars, Crash. "
                 "Answer: ")
     assert text == f"<|im_start|>user\n{expected}<|im_end|>\n<|im_start|>assistant\n"

@@ -227,7 +227,8 @@ def _memorization(info: dict, catalog, record: records.CellRecord, ctx: CellCont
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]}
     if result is None:
         return None
-    return {k: v for k, v in result.items() if k not in ("prompt_prefix", "keyed_by")}
+    # "cached" says only whether this process computed it (timing.memorization_seconds says that too)
+    return {k: v for k, v in result.items() if k not in ("prompt_prefix", "keyed_by", "cached")}
 
 
 def _with_prompt_audit(audit_scopes: dict) -> dict:
