@@ -157,6 +157,7 @@ class RecLoRA:
         from methods.training import TrainSettings, train
 
         cfg = self.config
+        self._check_history(data)
         self.crm = fit_frozen_encoder(cfg.crm, data, self.ctx, full_train=True, overrides=cfg.crm_overrides)
         self.backbone = load_backbone(self.ctx.llm, self.ctx.quant, self.ctx.device, cache=self.ctx.cache_dir,
                                       cpu_4bit_kernel=cfg.cpu_4bit_kernel, cpu_dtype=cfg.cpu_dtype)
@@ -192,6 +193,25 @@ class RecLoRA:
 
     # -------------------------------------------------------------- the steps of fit and score, also timed
     # one by one in benchmarks/perf/reclora.py
+
+    def _check_history(self, data: FitData) -> None:
+        """Refuse, in one line, a protocol whose stored histories are too short for this configuration:
+        the retriever needs more items than the prompt shows (else it chooses nothing and ``reclora``
+        equals ``reclora-no-retrieval``), and a CRM told to read more than is stored reads less.
+
+        Raises:
+            ValueError: naming the card field to raise.
+        """
+        stored, shown = int(data.protocol.params["max_history"]), int(data.protocol.params["history_len"])
+        where = f"datasets/{data.catalog.name}.yaml (protocols: ctr: max_history)"
+        if self.config.retrieval == "relevant" and stored <= shown:
+            raise ValueError(f"reclora: the ctr protocol stores {stored} history items per sample, no more than the "
+                             f"{shown} its prompts show, so retrieval would choose nothing; raise max_history in "
+                             f"{where} or run reclora-no-retrieval")
+        wanted = self.config.crm_overrides.get("max_history")
+        if wanted is not None and int(wanted) > stored:
+            raise ValueError(f"reclora: crm_overrides asks the CRM to read {wanted} history items, but the ctr "
+                             f"protocol stores {stored}; raise max_history in {where}")
 
     def _item_vectors(self, data: FitData) -> np.ndarray:
         """``[n_items, d]`` vectors the retriever compares: the CRM's item embeddings or the backbone's

@@ -191,3 +191,16 @@ def test_report_renders_whole_in_headless_chromium(ci_run, tmp_path):
     assert "<img" in html and "<table>" in html
     assert (width, height) == (screenshot_report.WIDTH, screenshot_report.page_height(html))
     assert png.stat().st_size > 100_000  # tables and a plot, not an empty or error page
+
+
+def test_every_published_number_names_a_registered_method_of_its_task():
+    """A published figure keyed to a method that is not registered (once `llara`) can never line up with a run."""
+    from benchmarks.registry import discover
+    from benchmarks.reporting.published import load_all
+
+    methods = discover()
+    wrong = [(p.paper["id"], p.method, p.task) for p in load_all()
+             if p.method not in methods or p.task not in methods[p.method].tasks]
+    assert not wrong, wrong
+    scorers = {p.method for p in load_all() if p.paper["id"] in ("llara", "ilora")}
+    assert scorers == {"lora-seq-generate", "ilora-generate"}, "generation protocols: ValidRatio can be below 1"

@@ -316,3 +316,18 @@ def test_real_din_crm_trains_on_the_full_split_and_stays_frozen(cell):
     counts = method.parameter_counts()
     assert (counts.trainable, counts.total) == (llm.trainable, llm.total + crm_total) and crm_total > 0
     assert counts.sha256 != llm.sha256  # the digest covers the CRM's weights too
+
+
+@pytest.mark.parametrize("name, overrides, stored, fragment", [
+    ("reclora", {}, 10, "retrieval would choose nothing"),
+    ("reclora-no-retrieval", {"crm_overrides": {"max_history": 60}}, 10, "asks the CRM to read 60"),
+])
+def test_a_protocol_with_too_short_histories_is_refused_in_one_line(cell, name, overrides, stored, fragment):
+    """ML-25M's and Amazon Books' cards once stored 10 items (= K): the retriever was a no-op there."""
+    import dataclasses
+
+    fit, _, ctx = cell
+    short = dataclasses.replace(fit.protocol, params={**fit.protocol.params, "max_history": stored})
+    with pytest.raises(ValueError, match=fragment) as err:
+        build(name, ctx, **overrides).fit(dataclasses.replace(fit, protocol=short))
+    assert "\n" not in str(err.value) and "max_history" in str(err.value)
