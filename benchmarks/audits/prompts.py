@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.contract import ANSWER_COLUMNS
+from benchmarks.data.audit import CheckTally
 
 #: bumped whenever a check changes (it is in every record's ``audit.prompts``)
 PROMPT_AUDIT_VERSION = 1
@@ -43,19 +44,14 @@ class PromptLeakError(RuntimeError):
     """A rendered prompt holds (or depends on) its own answer."""
 
 
-class _PromptTally:
+class _PromptTally(CheckTally):
+    """The protocol audit's tally, plus the prompts rendered and each template's reference skeleton."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.prompts = 0
-        self.checks: dict[str, dict[str, Any]] = {}
         #: (template, history shown?) -> the text outside the two lists of the first such prompt
         self.skeletons: dict[tuple[str, bool], str] = {}
-
-    def add(self, name: str, bad: np.ndarray, sample_id: np.ndarray) -> None:
-        entry = self.checks.setdefault(name, {"count": 0, "checked": 0, "example": None})
-        entry["count"] += int(bad.sum())
-        entry["checked"] += len(bad)
-        if entry["example"] is None and bad.any():
-            entry["example"] = {"sample_id": int(sample_id[np.argmax(bad)])}
 
 
 _TALLY = _PromptTally()
@@ -164,5 +160,5 @@ def _count(found: dict[str, np.ndarray], samples: pd.DataFrame) -> None:
     sample_id = samples["sample_id"].to_numpy()
     _TALLY.prompts += len(sample_id)
     for name, bad in found.items():
-        _TALLY.add(name, bad, sample_id)
+        _TALLY.add(name, None, bad, sample_id)
     _raise_on(found, sample_id)

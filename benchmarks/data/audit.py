@@ -49,18 +49,21 @@ class ProtocolAuditError(RuntimeError):
     """A protocol or few-shot subset failed a leakage check."""
 
 
-class _Tally:
-    """The counts of one audit, check by check, in the order they are run."""
+class CheckTally:
+    """The counts of one audit, check by check, in the order they are run: ``{name: {"count", "checked",
+    "example"}}``, the example being the first offending sample (with its split when one is given).
+    Also the tally of the answer-in-prompt check (:mod:`benchmarks.audits.prompts`)."""
 
     def __init__(self) -> None:
         self.checks: dict[str, dict[str, Any]] = {}
 
-    def add(self, name: str, split: str, bad: np.ndarray, sample_id: np.ndarray) -> None:
+    def add(self, name: str, split: str | None, bad: np.ndarray, sample_id: np.ndarray) -> None:
         entry = self.checks.setdefault(name, {"count": 0, "checked": 0, "example": None})
         entry["count"] += int(bad.sum())
         entry["checked"] += len(bad)
         if entry["example"] is None and bad.any():
-            entry["example"] = {"split": split, "sample_id": int(sample_id[np.argmax(bad)])}
+            where = {"split": split} if split is not None else {}
+            entry["example"] = {**where, "sample_id": int(sample_id[np.argmax(bad)])}
 
     def result(self, **extra: Any) -> dict[str, Any]:
         return {"version": AUDIT_VERSION, "passed": all(c["count"] == 0 for c in self.checks.values()),
@@ -123,7 +126,7 @@ def _any_per_row(bad_values: np.ndarray, row: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(row[bad_values], minlength=n).astype(bool) if n else np.zeros(0, dtype=bool)
 
 
-def _check_histories(tally: _Tally, split: str, table: Mapping[str, Any], pairs: _PairTimes, ties_by_item: bool,
+def _check_histories(tally: CheckTally, split: str, table: Mapping[str, Any], pairs: _PairTimes, ties_by_item: bool,
                      cutoff: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """``history_before_target`` and ``history_is_users`` (and, with ``cutoff``: per sample the
     (timestamp, item) from which the user's interactions are evaluation, ``eval_not_in_training``)."""
@@ -164,7 +167,7 @@ def _first(keys: Sequence[np.ndarray]) -> tuple:
 
 
 def _audit_ctr(splits: Mapping[str, Mapping[str, Any]], pairs: _PairTimes) -> dict[str, Any]:
-    tally = _Tally()
+    tally = CheckTally()
     for split in SPLITS:
         _check_histories(tally, split, _sampled(splits[split]), pairs, ties_by_item=False)
     keys = {s: [_array(splits[s], c) for c in ("timestamp", "user", "item")] for s in SPLITS}
@@ -202,7 +205,7 @@ def _last_two(interactions: pd.DataFrame, n_users: int) -> dict[str, tuple[np.nd
     return out
 
 
-def _check_candidates(tally: _Tally, split: str, table: Mapping[str, Any], pairs: _PairTimes) -> None:
+def _check_candidates(tally: CheckTally, split: str, table: Mapping[str, Any], pairs: _PairTimes) -> None:
     """``candidates_unique``, ``target_once``, ``negatives_unseen``."""
     users, target, label = _array(table, "user"), _array(table, "item"), _array(table, "label")
     sample_id, n = _array(table, "sample_id"), len(users)
@@ -237,7 +240,7 @@ def _position_test(labels: np.ndarray, n_candidates: int) -> dict[str, Any]:
 
 def _audit_next_item(splits: Mapping[str, Mapping[str, Any]], interactions: pd.DataFrame, pairs: _PairTimes,
                      n_candidates: int, min_interactions: int) -> dict[str, Any]:
-    tally = _Tally()
+    tally = CheckTally()
     n_users = int(interactions["user"].max()) + 1 if len(interactions) else 0
     last = _last_two(interactions, n_users)
     for split in ("valid", "test"):
@@ -279,7 +282,7 @@ def audit_few_shot(subsets: Mapping[Any, pd.DataFrame], valid: pd.DataFrame, tes
     """Few-shot subsets (shots -> the train rows of one seed) are nested, each inside the next larger
     one (``few_shot_nested``), and hold no interaction (user, item, timestamp) of valid or test
     (``few_shot_disjoint``)."""
-    tally = _Tally()
+    tally = CheckTally()
     held_out = pd.concat([valid, test])[["user", "item", "timestamp"]].drop_duplicates()
     ordered = sorted(subsets.items(), key=lambda kv: len(kv[1]))
     for k, (_, subset) in enumerate(ordered):

@@ -76,7 +76,7 @@ class Timing:
     memory_kind: str = ""
     full_ranking_seconds: float | None = None  # next_item against the whole catalogue, apart from the above
     order_probe_seconds: float | None = None  # benchmarks/audits/order_probe.py, apart from the above
-    memorization_seconds: float | None = None  # benchmarks/audits/memorization.py on a cache miss, apart too
+    memorization_seconds: float | None = None  # benchmarks/audits/memorization.py (ms when cached), apart too
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -35,7 +35,9 @@ def _protocols(recs: list[dict]) -> dict[tuple, dict]:
 
 
 def _example(example: dict | None) -> str:
-    return "" if not example else f"{example['split']} sample_id {example['sample_id']}"
+    if not example:
+        return ""
+    return (f"{example['split']} " if example.get("split") else "") + f"sample_id {example['sample_id']}"
 
 
 def failed_line(recs: list[dict]) -> str:
@@ -49,36 +51,31 @@ def failed_line(recs: list[dict]) -> str:
     return f"PROTOCOL AUDIT FAILED ({len(failed)}): " + "; ".join(dict.fromkeys(failed))
 
 
-def _check_rows(recs: list[dict]) -> list[list]:
-    rows = [[dataset, task, digest[:12], name, f"{check['count']} / {check['checked']}", _example(check["example"])]
-            for (dataset, task, digest), report in _protocols(recs).items() for name, check in report["checks"].items()]
-    few: dict[tuple, list] = {}
-    for r in _audits(recs):
-        for name, check in ((r["audit"].get("few_shot") or {}).get("checks") or {}).items():
-            entry = few.setdefault((r["dataset"], r["task"], name), [0, 0, 0, ""])
-            entry[0] += 1
-            entry[1] += check["count"]
-            entry[2] += check["checked"]
-            entry[3] = entry[3] or (f"{r['cell']}: {_example(check['example'])}" if check["example"] else "")
-    rows += [[dataset, task, f"{cells} cells", name, f"{count} / {checked}", example]
-             for (dataset, task, name), (cells, count, checked, example) in sorted(few.items())]
-    return rows + _prompt_rows(recs)
-
-
-def _prompt_rows(recs: list[dict]) -> list[list]:
-    """One row per (dataset, task, method, check): the answer-in-prompt counts summed over its cells."""
+def _summed(recs: list[dict], scope: str, by_method: bool) -> list[tuple[tuple, list]]:
+    """A per-cell audit scope ("few_shot", "prompts") summed over cells per (dataset, task, method or
+    "", check): [cells, count, checked, first example]."""
     totals: dict[tuple, list] = {}
     for r in _audits(recs):
-        for name, check in ((r["audit"].get("prompts") or {}).get("checks") or {}).items():
-            entry = totals.setdefault((r["dataset"], r["task"], r["method"], name), [0, 0, 0, ""])
+        for name, check in ((r["audit"].get(scope) or {}).get("checks") or {}).items():
+            entry = totals.setdefault((r["dataset"], r["task"], r["method"] if by_method else "", name), [0, 0, 0, ""])
             entry[0] += 1
             entry[1] += check["count"]
             entry[2] += check["checked"]
             if check["example"] and not entry[3]:
-                entry[3] = f"{r['cell']}: sample_id {check['example']['sample_id']}"
-    return [[dataset, task, f"prompts of {method} ({cells} cell{'s' * (cells != 1)})", name, f"{count} / {checked}",
-             example]
-            for (dataset, task, method, name), (cells, count, checked, example) in sorted(totals.items())]
+                entry[3] = f"{r['cell']}: {_example(check['example'])}"
+    return sorted(totals.items())
+
+
+def _check_rows(recs: list[dict]) -> list[list]:
+    rows = [[dataset, task, digest[:12], name, f"{check['count']} / {check['checked']}", _example(check["example"])]
+            for (dataset, task, digest), report in _protocols(recs).items() for name, check in report["checks"].items()]
+    rows += [[dataset, task, f"{cells} cells", name, f"{count} / {checked}", example]
+             for (dataset, task, _, name), (cells, count, checked, example) in _summed(recs, "few_shot", False)]
+    # answer-in-prompt counts: one row per (dataset, task, method, check)
+    rows += [[dataset, task, f"prompts of {method} ({cells} cell{'s' * (cells != 1)})", name, f"{count} / {checked}",
+              example]
+             for (dataset, task, method, name), (cells, count, checked, example) in _summed(recs, "prompts", True)]
+    return rows
 
 
 def _interval(low: float, high: float) -> str:
