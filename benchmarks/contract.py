@@ -37,6 +37,12 @@ column             dtype                      meaning
 
 Prompts use the last ``protocol.params["history_len"]`` items of ``history`` (K = 10 by default);
 models that read longer sequences (RecBole, RecLoRA's CRM) may use all of it.
+
+A ctr method whose config has ``history_pool: full`` (a retriever that chooses among ALL of a user's
+earlier items, as ReLLa and RecLoRA do) also gets ``full_history`` / ``full_history_ratings``: the same
+items as ``history`` without the ``max_history`` cap, in ``FitData.train``, ``FitData.valid`` and the
+samples ``score`` receives (not in ``train_full``, which can be a whole 20M-sample split). The harness
+looks them up before the method is built (:func:`benchmarks.data.protocols.with_full_histories`).
 """
 from __future__ import annotations
 
@@ -207,6 +213,25 @@ class Method(Protocol):
     def score(self, samples: pd.DataFrame) -> np.ndarray: ...
 
     def parameter_counts(self) -> ParameterCounts | None: ...
+
+
+HISTORY_POOLS = ("stored", "full")
+
+
+def wants_full_history(config: Any, task: str) -> bool:
+    """Whether a method with ``config`` asks for the uncapped history columns (its ``history_pool``
+    field, "stored" when it has none; see the module docstring).
+
+    Raises:
+        ValueError: an unknown pool, or "full" on a next_item protocol (whose histories are cut by
+            position, not by the target's second: a pool there is not defined).
+    """
+    pool = getattr(config, "history_pool", "stored")
+    if pool not in HISTORY_POOLS:
+        raise ValueError(f"history_pool must be one of {HISTORY_POOLS}, got {pool!r}")
+    if pool == "full" and task != "ctr":
+        raise ValueError(f"history_pool: full is defined for ctr protocols only, not {task}")
+    return pool == "full"
 
 
 def without_labels(samples: pd.DataFrame) -> pd.DataFrame:

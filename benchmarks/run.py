@@ -107,6 +107,9 @@ def apply_overrides(raw: dict, args: argparse.Namespace) -> dict:
     for flag in ("device", "llm", "quant"):
         if getattr(args, flag) is not None:
             raw[flag] = getattr(args, flag)
+    if args.llm is not None:  # the flag names the backbone of every LLM cell, its methods' own included
+        raw["methods"] = {m: {k: v for k, v in spec.items() if k != "llm"} if isinstance(spec, dict) else spec
+                          for m, spec in _methods_mapping(raw).items()}
     return raw
 
 
@@ -204,6 +207,7 @@ def _main(argv: list[str] | None) -> int:
         for cell in todo:
             print(cell.key)
         print(f"{len(todo)} cells")
+        print("\n".join(suites.settings_lines(suite, configs)))
         return 0
     if not todo:
         raise CliError(f"suite '{suite.name}' has no cell to run (no listed method runs on a listed protocol)")

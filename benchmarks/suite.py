@@ -57,6 +57,17 @@ class DatasetEntry:
 class MethodEntry:
     config: dict = field(default_factory=dict)   # overrides of the method's configs/<name>.yaml
     shots: tuple[int | str, ...] = ("full",)                     # few-shot training sizes (ints or "full")
+    datasets: tuple[str, ...] = ()      # run only on these of the suite's datasets (empty: on all of them)
+    per_dataset: dict = field(default_factory=dict)   # dataset -> overrides layered over `config` there (a key
+    #                                     replaces the whole value, nested mappings included)
+    llm: str = ""                       # this method's backbone; "" = the suite's `llm` (--llm sets both)
+    sources: dict = field(default_factory=dict)   # setting -> where its value comes from, printed by --dry-run;
+    #                                     a setting is a config key, "shots" or "llm", or "key@dataset";
+    #                                     "commit" names the repository and commit the lines refer to
+
+    def config_for(self, dataset: str) -> dict:
+        """The config overrides of this method on ``dataset``."""
+        return {**self.config, **self.per_dataset.get(dataset, {})}
 
 
 @dataclass(frozen=True)
@@ -142,7 +153,8 @@ def _build(cls, raw: Any, where: str):
 
 
 def parse(raw: dict, where: str) -> Suite:
-    raw = copy.deepcopy(raw)
+    # top-level keys named x-... only hold YAML anchors for the rest of the file (paper.yaml's shared recipes)
+    raw = {key: value for key, value in copy.deepcopy(raw).items() if not str(key).startswith("x-")}
     datasets = raw.get("datasets")
     if not isinstance(datasets, list) or not datasets:
         raise SuiteError(f"{where}.datasets: expected a non-empty list")
@@ -225,6 +237,13 @@ def _check_names(suite: Suite, where: str) -> None:
     for name, spec in suite.methods.items():
         if name not in registered:
             raise SuiteError(f"{where}: {did_you_mean('method', name, list(registered))}")
+        for dataset in (*spec.datasets, *spec.per_dataset):
+            if dataset not in cards:
+                raise SuiteError(f"{where}.methods.{name}: {did_you_mean('dataset', dataset, cards)}")
+        for dataset, overrides in spec.per_dataset.items():
+            if not isinstance(overrides, dict):
+                raise SuiteError(f"{where}.methods.{name}.per_dataset.{dataset}: expected a mapping of config "
+                                 f"overrides, got {overrides!r}")
         for shots in spec.shots:
             if shots != "full" and not (isinstance(shots, int) and shots > 0):
                 raise SuiteError(f"{where}.methods.{name}.shots: expected positive ints or 'full', got {shots!r}")
@@ -241,29 +260,72 @@ def config_hash(method: str, config: dict) -> str:
     return canonical_hash({"method": method, "config": config})
 
 
+def config_key(method: str, dataset: str, spec: MethodEntry) -> str:
+    """The key of :func:`resolve_configs` that holds ``method``'s config on ``dataset``."""
+    return f"{method}@{dataset}" if dataset in spec.per_dataset else method
+
+
+def _resolved(name: str, overrides: dict, where: str) -> dict:
+    try:
+        config = registry.resolve_config(registry.get_entry(name), overrides)
+    except (ValueError, TypeError) as err:
+        raise SuiteError(f"{where}: {err}") from None
+    if is_dataclass(config):
+        try:
+            hints = typing.get_type_hints(type(config))
+        except Exception:  # noqa: BLE001 - hints a method wrote loosely are not checked
+            hints = {}
+        for f in fields(config):
+            if f.name in hints:
+                _check_type(getattr(config, f.name), hints[f.name], f"{where}.{f.name}")
+    return config_dict(config)
+
+
 def resolve_configs(suite: Suite) -> dict[str, tuple[str, dict]]:
-    """method -> (config hash, config) for every method of ``suite``: its defaults, its YAML file and
-    the suite's overrides, with each value checked against the ``Config`` dataclass's type hints, so a
-    mistyped key or a string where a number belongs fails before any cell (this imports the methods'
-    modules)."""
+    """:func:`config_key` -> (config hash, config) for every method of ``suite`` (and every dataset with
+    its own overrides): its defaults, its YAML file and the suite's overrides, with each value checked
+    against the ``Config`` dataclass's type hints, so a mistyped key or a string where a number belongs
+    fails before any cell (this imports the methods' modules). A ``sources`` entry must name a setting."""
     out = {}
     for name, spec in suite.methods.items():
-        where = f"{suite.name}.methods.{name}.config"
-        try:
-            config = registry.resolve_config(registry.get_entry(name), spec.config)
-        except (ValueError, TypeError) as err:
-            raise SuiteError(f"{where}: {err}") from None
-        if is_dataclass(config):
-            try:
-                hints = typing.get_type_hints(type(config))
-            except Exception:  # noqa: BLE001 - hints a method wrote loosely are not checked
-                hints = {}
-            for f in fields(config):
-                if f.name in hints:
-                    _check_type(getattr(config, f.name), hints[f.name], f"{where}.{f.name}")
-        as_dict = config_dict(config)
-        out[name] = (config_hash(name, as_dict), as_dict)
+        where = f"{suite.name}.methods.{name}"
+        variants = {name: (spec.config, f"{where}.config")}
+        variants.update({config_key(name, d, spec): (spec.config_for(d), f"{where}.per_dataset.{d}")
+                         for d in spec.per_dataset})
+        for key, (overrides, at) in variants.items():
+            as_dict = _resolved(name, overrides, at)
+            out[key] = (config_hash(name, as_dict), as_dict)
+        settings = {*out[name][1], "shots", "llm", "commit"}
+        for source in spec.sources:
+            setting, _, dataset = str(source).partition("@")
+            if setting not in settings or (dataset and dataset not in spec.per_dataset):
+                raise SuiteError(f"{where}.sources: {source!r} names no setting of {name} (a config key, shots, "
+                                 "llm or commit, with @dataset only for a dataset listed in per_dataset)")
     return out
+
+
+def settings_lines(suite: Suite, configs: dict[str, tuple[str, dict]]) -> list[str]:
+    """What ``--dry-run`` prints after the cells: per method, its config hash, backbone and every setting
+    the suite gives it, each with its source where the suite names one (``# file:line``)."""
+    lines = []
+    for name, spec in suite.methods.items():
+        if not (spec.config or spec.per_dataset or spec.sources or spec.llm):
+            continue
+        llm = spec.llm or suite.llm
+        lines.append(f"{name}: config {configs[name][0][:10]}" + (f", backbone {llm}" if llm else "")
+                     + (f", on {', '.join(spec.datasets)} only" if spec.datasets else "")
+                     + (f"; sources at {spec.sources['commit']}" if "commit" in spec.sources else ""))
+        given = [(key, key, value) for key, value in spec.config.items()]
+        given += [(key, key, value) for key, value in (("shots", list(spec.shots)), ("llm", llm))
+                  if key in spec.sources]
+        for dataset, values in spec.per_dataset.items():
+            hashed = configs[config_key(name, dataset, spec)][0][:10]
+            given += [(f"{key}@{dataset}", f"{key}@{dataset} (config {hashed})", value)
+                      for key, value in values.items()]
+        for setting, label, value in given:
+            source = spec.sources.get(setting)
+            lines.append(f"    {label} = {value!r}" + (f"    # {source}" if source else ""))
+    return lines
 
 
 def known_suites() -> list[str]:
@@ -345,7 +407,7 @@ def cells(suite: Suite) -> list[Cell]:
             if task not in card_protocols:
                 continue
             for method, spec in suite.methods.items():
-                if task not in registered[method].tasks:
+                if task not in registered[method].tasks or (spec.datasets and entry.name not in spec.datasets):
                     continue
                 seeds = suite.seeds if registered[method].trains else suite.seeds[:1]
                 for shots in spec.shots:

@@ -111,7 +111,7 @@ class GatedHybridLM(nn.Module):
 @register_method("lora-seq-generate", tasks=("next_item",), family="llm")
 class ILoRA:
     @dataclass
-    class Config:
+    class Config(TrainSettings):
         prompt: str = "llara"
         scorer: str = "likelihood"
         hybrid: bool = True
@@ -124,20 +124,12 @@ class ILoRA:
         encoder: str = "sasrec"
         cpu_4bit_kernel: str = "dequant"
         cpu_dtype: str = "float32"
-        learning_rate: float = 2e-3
-        epochs: int = 1
-        batch_size: int = 8
-        micro_batch_size: int = 1
-        warmup_steps: int = 2
-        weight_decay: float = 0.0
-        max_grad_norm: float = 1.0
-        eval_every: int = 0
-        patience: int = 10
         valid_metric: str = "ndcg@5"
         max_new_tokens: int = 64
         max_answer_tokens: int = 512
 
         def __post_init__(self):
+            super().__post_init__()
             if self.experts < 1 or self.lora_r % self.experts:
                 raise ValueError(f"ilora config: lora_r ({self.lora_r}) must split evenly into experts "
                                  f"({self.experts})")

@@ -10,9 +10,11 @@ Mechanism, per sample (user history h, target item t):
 1. CRM: a conventional model (DIN by default) trained on the FULL train split, then frozen (eval
    mode, no gradient), reads the long history (the protocol's 60 items) and gives u in R^{d_u}
    (:mod:`baselines.recbole_encoders`; for DIN, the attention-pooled interest w.r.t. t).
-2. Long-short modality retriever (:mod:`methods.retrieval`): the prompt shows the K = 10 history items
-   most similar to t (cosine of the CRM's item embeddings, or of the backbone's mean-pooled title
-   states), in chronological order, with their ratings (ReLLa's prompt, ``prompts/rella.yaml``).
+2. Long-short modality retriever (:mod:`methods.retrieval`): the prompt shows the K = 10 items of the
+   user's WHOLE history before t (``history_pool: full``, as ReLLa's retrieval; not only the stored
+   window the CRM reads) most similar to t (cosine of the CRM's item embeddings, or of the backbone's
+   mean-pooled title states), in chronological order, with their ratings (ReLLa's prompt,
+   ``prompts/rella.yaml``).
 3. Personalized LoRA (:mod:`methods.lora_mixture`): every target module (q_proj, v_proj) of every
    layer holds N meta-LoRAs of rank r and its own gate
    alpha = softmax(MLP(u) / temperature), MLP = LayerNorm -> Linear(d_u, 60) -> ReLU -> Dropout(0.1)
@@ -47,10 +49,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from benchmarks.contract import CellContext, FitData, ParameterCounts
+from benchmarks.contract import HISTORY_POOLS, CellContext, FitData, ParameterCounts
 from benchmarks.registry import register_method
 from methods.prompting import CtrPrompts
 from methods.retrieval import STRATEGIES
+from methods.training import TrainSettings
 
 ITEM_VECTORS = ("crm", "backbone")
 
@@ -85,7 +88,7 @@ class RecLoRA:
     """RecLoRA as the module docstring describes; its variants differ only in their config files."""
 
     @dataclass
-    class Config:
+    class Config(TrainSettings):
         """Hyperparameters, each explained in ``methods/configs/reclora.yaml`` (defaults: the authors')."""
 
         prompt: str = "rella"
@@ -94,6 +97,7 @@ class RecLoRA:
         crm: str = "din"
         crm_overrides: dict = field(default_factory=dict)
         retrieval: str = "relevant"
+        history_pool: str = "full"
         item_vectors: str = "crm"
         item_text: str = "Here is a {item}. Its title is {title}. The {item}'s genre is {genres}."
         meta_loras: int = 8
@@ -105,21 +109,15 @@ class RecLoRA:
         gate_hidden: int = 60
         gate_dropout: float = 0.1
         temperature: float = 5.0
-        learning_rate: float = 1e-3
-        epochs: int = 2
-        batch_size: int = 16
-        micro_batch_size: int = 2
-        warmup_steps: int = 2
-        weight_decay: float = 0.0
-        max_grad_norm: float = 1.0
-        eval_every: int = 0
-        patience: int = 10
 
         def __post_init__(self):
-            if self.retrieval not in STRATEGIES or self.item_vectors not in ITEM_VECTORS or self.meta_loras < 1:
+            super().__post_init__()
+            if self.retrieval not in STRATEGIES or self.item_vectors not in ITEM_VECTORS or self.meta_loras < 1 \
+                    or self.history_pool not in HISTORY_POOLS:
                 raise ValueError(f"reclora config: retrieval must be one of {STRATEGIES}, item_vectors one of "
-                                 f"{ITEM_VECTORS}, meta_loras >= 1; got {self.retrieval!r}, "
-                                 f"{self.item_vectors!r}, {self.meta_loras}")
+                                 f"{ITEM_VECTORS}, history_pool one of {HISTORY_POOLS}, meta_loras >= 1; got "
+                                 f"{self.retrieval!r}, {self.item_vectors!r}, {self.history_pool!r}, "
+                                 f"{self.meta_loras}")
 
         def mixture(self, condition_dim: int):
             """The :class:`~methods.lora_mixture.MixtureSpec`: N meta-LoRAs, one gate each (none for N=1)."""
@@ -154,7 +152,7 @@ class RecLoRA:
         from methods.backbone import load_backbone
         from methods.lora_mixture import inject_mixture
         from methods.prompting import PromptTemplate
-        from methods.training import TrainSettings, train
+        from methods.training import train
 
         cfg = self.config
         self._check_history(data)
@@ -196,22 +194,27 @@ class RecLoRA:
 
     def _check_history(self, data: FitData) -> None:
         """Refuse, in one line, a protocol whose stored histories are too short for this configuration:
-        the retriever needs more items than the prompt shows (else it chooses nothing and ``reclora``
-        equals ``reclora-no-retrieval``), and a CRM told to read more than is stored reads less.
+        a retriever limited to the stored window (``history_pool: stored``) needs more items than the
+        prompt shows (else it chooses nothing and ``reclora`` equals ``reclora-no-retrieval``), and a CRM
+        whose config reads more items than are stored would silently read fewer.
 
         Raises:
-            ValueError: naming the card field to raise.
+            ValueError: naming the setting to change.
         """
+        from benchmarks import registry
+
         stored, shown = int(data.protocol.params["max_history"]), int(data.protocol.params["history_len"])
         where = f"datasets/{data.catalog.name}.yaml (protocols: ctr: max_history)"
-        if self.config.retrieval == "relevant" and stored <= shown:
+        if self.config.retrieval == "relevant" and self.config.history_pool == "stored" and stored <= shown:
             raise ValueError(f"reclora: the ctr protocol stores {stored} history items per sample, no more than the "
-                             f"{shown} its prompts show, so retrieval would choose nothing; raise max_history in "
-                             f"{where} or run reclora-no-retrieval")
-        wanted = self.config.crm_overrides.get("max_history")
+                             f"{shown} its prompts show, so retrieval from the stored window would choose nothing; "
+                             f"set history_pool: full, raise max_history in {where} or run reclora-no-retrieval")
+        crm = registry.resolve_config(registry.get_entry(self.config.crm), self.config.crm_overrides)
+        wanted = getattr(crm, "max_history", None)
         if wanted is not None and int(wanted) > stored:
-            raise ValueError(f"reclora: crm_overrides asks the CRM to read {wanted} history items, but the ctr "
-                             f"protocol stores {stored}; raise max_history in {where}")
+            raise ValueError(f"reclora: its CRM ({self.config.crm}) reads {wanted} history items, but the ctr protocol "
+                             f"of {data.catalog.name} stores {stored}; set crm_overrides: {{max_history: {stored}}} "
+                             f"or raise max_history in {where}")
 
     def _item_vectors(self, data: FitData) -> np.ndarray:
         """``[n_items, d]`` vectors the retriever compares: the CRM's item embeddings or the backbone's
@@ -230,7 +233,8 @@ class RecLoRA:
         or None without gates)."""
         from methods.retrieval import select_history
 
-        shown = select_history(samples, self.history_len, self.config.retrieval, self.item_vectors)
+        pool = "full_history" if self.config.history_pool == "full" else "history"
+        shown = select_history(samples, self.history_len, self.config.retrieval, self.item_vectors, pool)
         prompts = self.builder.build(shown, cache_dir)
         conditions = None
         if self.personalized:

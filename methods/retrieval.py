@@ -11,8 +11,9 @@ Item vectors are rows of an ``[n_items, d]`` array indexed by dense item code: t
 embeddings, or the backbone's mean-pooled hidden states of each item's text
 (:func:`title_embeddings`, ReLLa's ``get_semantic_embed.py`` with average pooling).
 
-Only the sample's own ``history`` is read: it holds the user's interactions strictly before the
-target (see :mod:`benchmarks.contract`), so no later item can be chosen. An earlier interaction
+Only the sample's own history is read (the stored window ``history``, or the uncapped
+``full_history`` a method gets with ``history_pool: full``): it holds the user's interactions strictly
+before the target's second (see :mod:`benchmarks.contract`), so no later item can be chosen. An earlier interaction
 with the target item itself (re-consumption datasets) is never chosen: with cosine 1 it would
 always rank first. Ties in similarity go to the more recent item.
 """
@@ -59,12 +60,15 @@ def recent_positions(history: np.ndarray, target: int, k: int) -> np.ndarray:
     return allowed[len(allowed) - min(k, len(allowed)):]
 
 
-def select_history(samples: pd.DataFrame, k: int, strategy: str,
-                   item_vectors: np.ndarray | None = None) -> pd.DataFrame:
+def select_history(samples: pd.DataFrame, k: int, strategy: str, item_vectors: np.ndarray | None = None,
+                   pool: str = "history") -> pd.DataFrame:
     """A copy of ``samples`` whose ``history`` / ``history_ratings`` hold only the K chosen items.
 
     Args:
         strategy: "relevant" (needs ``item_vectors`` ``[n_items, d]``) or "recent".
+        pool: the column the K items are chosen from (with ``<pool>_ratings``): "history", the stored
+            window, or "full_history", the user's whole history before the target (ReLLa's pool; see
+            :func:`benchmarks.data.protocols.with_full_histories`). The pool columns are not kept.
 
     Raises:
         ValueError: an unknown strategy, or "relevant" without item vectors.
@@ -75,13 +79,14 @@ def select_history(samples: pd.DataFrame, k: int, strategy: str,
         raise ValueError("retrieval 'relevant' needs item vectors (the CRM's or the backbone's)")
     unit = unit_rows(item_vectors) if strategy == "relevant" else None
     histories, ratings = [], []
-    for history, rating, target in zip(samples["history"], samples["history_ratings"], samples["item"]):
+    for history, rating, target in zip(samples[pool], samples[f"{pool}_ratings"], samples["item"]):
         history = np.asarray(history, dtype=np.int64)
         keep = relevant_positions(history, int(target), unit, k) if unit is not None else \
             recent_positions(history, int(target), k)
         histories.append(history[keep])
         ratings.append(np.asarray(rating)[keep])
-    return samples.assign(history=histories, history_ratings=ratings)
+    chosen = samples.assign(history=histories, history_ratings=ratings)
+    return chosen.drop(columns=[c for c in ("full_history", "full_history_ratings") if c in chosen.columns])
 
 
 def title_embeddings(backbone, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:

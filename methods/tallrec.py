@@ -36,7 +36,7 @@ from methods.training import LoraSettings, TrainSettings, add_lora, train
 @register_method("tallrec", tasks=("ctr",), family="llm")
 class TALLRec:
     @dataclass
-    class Config:
+    class Config(TrainSettings):
         prompt: str = "tallrec"
         cpu_4bit_kernel: str = "dequant"
         cpu_dtype: str = "auto"
@@ -44,15 +44,6 @@ class TALLRec:
         lora_alpha: int = 16
         lora_dropout: float = 0.05
         lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-        learning_rate: float = 1e-4
-        epochs: int = 1
-        batch_size: int = 16
-        micro_batch_size: int = 2
-        warmup_steps: int = 0
-        weight_decay: float = 0.0
-        max_grad_norm: float = 1.0
-        eval_every: int = 0
-        patience: int = 10
 
         def lora(self) -> LoraSettings:
             return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, list(self.lora_target_modules))

@@ -9,7 +9,9 @@ the loss is the cross-entropy of the answer tokens only (the prompt is masked; T
 ``--train_on_inputs`` and also trains on the prompt, a deviation listed in docs/methods/tallrec.md),
 averaged over the answer tokens of an optimizer step. Micro-batches are
 drawn from length buckets (a seeded shuffle, then sorted within windows of a few micro-batches) so
-padding stays small; gradients are accumulated to ``batch_size`` samples per step.
+padding stays small; gradients are accumulated to ``batch_size`` samples per step. The optimizer (Adam or
+AdamW, per-parameter-group rates and decay), warm-up, decay schedule and clipping are
+:class:`TrainSettings` fields, so each method's YAML can state its authors' values.
 
 The model call is pluggable (``forward``, as in :mod:`methods.prefix_cache`), and ``extra_inputs(rows)``
 may add per-sample keyword inputs (say a user vector for per-layer gates, or item embeddings placed
@@ -47,27 +49,89 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("constant", "linear", "cosine")
+GROUP_KEYS = ("lr_scale", "weight_decay")
+
+
 @dataclass
 class TrainSettings:
-    """Optimization hyperparameters of :func:`train` (see each method's YAML for its values)."""
+    """Optimization hyperparameters of :func:`train`. Each LLM method's ``Config`` extends this class, so
+    every field below is a key of its YAML (see each method's YAML for its values and the authors').
+
+    The learning rate at optimizer step s (0-based) of T planned steps, W of them warm-up, is
+    ``learning_rate * lr_factor(s)`` (:func:`lr_factor`). ``param_groups`` maps a substring of parameter
+    names to ``{lr_scale, weight_decay}`` for the parameters whose name holds it (the first key that
+    matches wins; the others get the global values): iLoRA decays only its projector and router and
+    trains the router at 0.3x the rate.
+    """
 
     learning_rate: float = 1e-4
     epochs: int = 1             # passes over the training set (the harness' max_epochs caps it)
     batch_size: int = 16        # samples per optimizer step
     micro_batch_size: int = 8   # samples per forward/backward (gradient accumulation in between)
-    warmup_steps: int = 0       # linear warm-up of the learning rate, then constant
+    optimizer: str = "adamw"    # adamw (decoupled weight decay) | adam (L2 added to the gradient, as torch.optim.Adam)
+    schedule: str = "constant"  # after warm-up: constant | linear | cosine decay to final_lr_ratio x the rate
+    warmup_steps: int = 0       # linear warm-up steps ...
+    warmup_ratio: float = 0.0   # ... or this share of all planned steps (ceil; use one of the two)
+    warmup_start: float = 0.0   # the warm-up's first step runs at about this factor of the rate (LLaRA: 0.01)
+    final_lr_ratio: float = 0.0  # where linear and cosine decay end, as a factor of the rate (LLaRA: 0.01)
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    param_groups: dict = field(default_factory=dict)  # name substring -> {lr_scale, weight_decay}
+    max_grad_norm: float = 1.0  # gradient clipping by global norm; 0 = none
     eval_every: int = 0         # optimizer steps between validations; 0 = at the end of each epoch
     patience: int = 10          # validations without improvement before stopping
 
+    def __post_init__(self):
+        problems = []
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.warmup_steps and self.warmup_ratio:
+            problems.append("set warmup_steps or warmup_ratio, not both")
+        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.warmup_start <= 1 or not 0 <= self.final_lr_ratio <= 1:
+            problems.append("warmup_ratio must lie in [0, 1), warmup_start and final_lr_ratio in [0, 1]")
+        if self.batch_size < 1 or self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size:
+            problems.append(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
+                            f"({self.micro_batch_size})")
+        for key, group in self.param_groups.items():
+            if not isinstance(group, dict) or set(group) - set(GROUP_KEYS):
+                problems.append(f"param_groups.{key} must be a mapping with keys among {GROUP_KEYS}, got {group!r}")
+        if problems:
+            raise ValueError("training settings: " + "; ".join(problems))
+
     @classmethod
     def from_config(cls, config: Any, max_epochs: int | None = None) -> TrainSettings:
-        """These fields read from a method's flat ``Config`` (same names), epochs capped by ``max_epochs``."""
+        """These fields read from a method's ``Config`` (a subclass), epochs capped by ``max_epochs``."""
         values = {f.name: getattr(config, f.name) for f in fields(cls)}
         if max_epochs is not None:
             values["epochs"] = min(values["epochs"], max_epochs)
         return cls(**values)
+
+    def warmup(self, total_steps: int) -> int:
+        """Warm-up steps W out of ``total_steps``."""
+        return math.ceil(self.warmup_ratio * total_steps) if self.warmup_ratio else self.warmup_steps
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        """The rate's factor at optimizer step ``step`` (0-based) of ``total_steps``.
+
+        Warm-up (s < W): ``start + (1 - start) (s + 1) / W``, so step W - 1 runs at the full rate. Then,
+        with p = (s - W) / (T - W): constant 1; linear ``1 - (1 - f) p``; cosine
+        ``f + (1 - f) (1 + cos(pi p)) / 2`` (f = ``final_lr_ratio``). With start = f = 0 the decays are
+        Hugging Face's ``get_linear_schedule_with_warmup`` / ``get_cosine_schedule_with_warmup`` after
+        warm-up; iLoRA's cosine (its ``optims.py``) also starts after warm-up.
+        """
+        warm = self.warmup(total_steps)
+        if step < warm:
+            return self.warmup_start + (1 - self.warmup_start) * (step + 1) / warm
+        if self.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        final = self.final_lr_ratio
+        if self.schedule == "linear":
+            return 1 - (1 - final) * progress
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -144,6 +208,33 @@ def _check_trainable_4bit(model) -> None:
                                "has no gradient: load the backbone with cpu_4bit_kernel='dequant' to train it")
 
 
+def build_optimizer(model, settings: TrainSettings):
+    """Adam or AdamW over the parameters that require grad, one group per ``param_groups`` key that
+    matches (plus the rest at the global rate and decay).
+
+    Raises:
+        ValueError: a ``param_groups`` key that names no trainable parameter (a typo would otherwise
+            leave the intended parameters at the global settings without a word).
+    """
+    import torch
+
+    members: dict[str | None, list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            key = next((k for k in settings.param_groups if k in name), None)
+            members.setdefault(key, []).append(param)
+    unmatched = [k for k in settings.param_groups if k not in members]
+    if unmatched:
+        raise ValueError(f"training settings: param_groups {unmatched} match no trainable parameter name")
+    groups = []
+    for key, params in members.items():
+        spec = settings.param_groups.get(key, {}) if key is not None else {}
+        groups.append({"params": params, "lr": settings.learning_rate * float(spec.get("lr_scale", 1.0)),
+                       "weight_decay": float(spec.get("weight_decay", settings.weight_decay))})
+    kind = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+    return kind(groups, lr=settings.learning_rate)
+
+
 def _trainable_state(model) -> dict[str, Any]:
     return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
 
@@ -172,14 +263,13 @@ def train(model, prompts: PromptSet, settings: TrainSettings, *, seed: int, pad_
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError("train(): the model has no parameter that requires grad (add adapters first)")
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    warmup = max(1, settings.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    optimizer = build_optimizer(model, settings)
     lengths = prompts.suffix_lengths()
     accumulate = max(1, settings.batch_size // settings.micro_batch_size)
     steps_per_epoch = math.ceil(math.ceil(len(prompts) / settings.micro_batch_size) / accumulate)
 
     total_steps = steps_per_epoch * settings.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: settings.lr_factor(step, total_steps))
     checks = settings.epochs if not settings.eval_every else math.ceil(total_steps / settings.eval_every)
     if checks <= 1:
         evaluate = None  # a single candidate adapter: nothing to choose, skip the validation pass
@@ -221,7 +311,8 @@ def train(model, prompts: PromptSet, settings: TrainSettings, *, seed: int, pad_
                 (loss / n_tokens).backward()
                 losses.append(loss.item())
             total = sum(losses) / n_tokens
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            if settings.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -21,10 +21,12 @@ from benchmarks.data.cache import sha256_file
 from benchmarks.registry import ROOT
 from tests.fixtures.raw_formats import (  # noqa: F401
     Written,
+    expected_after_filtering,
     fixture_card,
     raw_env_fixture,
     raw_interactions,
     write_amazon,
+    write_lastfm,
     write_ml_1m,
     write_ml_25m,
     write_steam,
@@ -134,6 +136,8 @@ EVERY_FILE = [
     ("amazon-beauty", lambda raw: write_amazon(raw, "2018"), "amazon_2018", "meta_All_Beauty.json.gz"),
     ("steam", write_steam, "steam", "steam_reviews.json.gz"),
     ("steam", write_steam, "steam", "steam_games.json.gz"),
+    ("lastfm", write_lastfm, "hetrec_lastfm_zip", "user_taggedartists-timestamps.dat"),
+    ("lastfm", write_lastfm, "hetrec_lastfm_zip", "artists.dat"),
 ]
 
 
@@ -247,6 +251,20 @@ def test_an_impossible_steam_date_is_a_bad_line(raw_env):
     assert data.data_quality["bad_time_out_of_range"] == 1 and data.data_quality["repeated_pairs_dropped"] == 2
     with pytest.raises(ValueError, match=rf"steam_reviews.json.gz:{line_no}: the timestamp is not a time in 1970-2099"):
         canonical.load(fixture_card(raw_env, "steam", written, "steam", max_bad_line_ratio=0.0, n_candidates=2))
+
+
+def test_a_lastfm_tag_time_before_1970_is_a_bad_line(raw_env):
+    written = write_lastfm(raw_env.raw)
+    path = written.files["hetrec2011-lastfm-2k.zip"]
+    line_no = _append_line(path, "user_taggedartists-timestamps.dat", b"2\t63\t7\t-441763200000")  # in 1956
+    data = canonical.load(fixture_card(raw_env, "lastfm", written, "hetrec_lastfm_zip", max_bad_line_ratio=0.2,
+                                       n_candidates=2))
+    assert data.data_quality["bad_time_out_of_range"] == 1 and data.data_quality["bad_lines"] == 3
+    assert set(raw_interactions(data)) == expected_after_filtering(written.interactions)  # A's 63 keeps its time
+    with pytest.raises(ValueError, match=rf"user_taggedartists-timestamps.dat:{line_no}: the timestamp is not a time "
+                                         r"in 1970-2099"):
+        canonical.build(canonical.load_card(fixture_card(raw_env, "lastfm", written, "hetrec_lastfm_zip",
+                                                         max_bad_line_ratio=0.0)))
 
 
 def test_a_parser_that_keeps_a_nan_rating_is_stopped(raw_env, monkeypatch):

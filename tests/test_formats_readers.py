@@ -153,7 +153,7 @@ def test_absent_files_fail_in_one_line_naming_each_file_and_url(raw_env):
 def test_every_card_is_listed_and_declares_what_its_data_needs(capsys):
     names = cards.known_cards()
     assert {"movielens-1m", "movielens-25m", "amazon-beauty", "amazon-books", "amazon-movies-and-tv",
-            "steam"} <= set(names)
+            "steam", "lastfm"} <= set(names)
     assert run.main(["--list"]) == 0
     listed = capsys.readouterr().out
     for name in names:
@@ -161,10 +161,11 @@ def test_every_card_is_listed_and_declares_what_its_data_needs(capsys):
         assert re.search(rf"^\s+{re.escape(name)}\s", listed, re.M)
         assert {"item", "items", "verb"} <= set(card.domain) and card.tiny["n_users"] > 0
         assert all(s.url for s in card.sources if s.location.startswith("raw:"))  # downloadable
-        if name.startswith(("amazon-", "steam")):
+        if name.startswith(("amazon-", "steam", "lastfm")):
             assert card.filtering == {"deduplicate": "earliest", "k_core": 5}
-    assert set(cards.load_card("steam").protocols) == {"next_item"}
-    assert cards.load_card("steam").label_threshold is None
+    for implicit in ("steam", "lastfm"):
+        assert set(cards.load_card(implicit).protocols) == {"next_item"}
+        assert cards.load_card(implicit).label_threshold is None
 
 
 def test_an_unknown_filtering_key_is_refused(raw_env):

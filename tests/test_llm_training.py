@@ -166,3 +166,99 @@ def test_micro_batches_cover_each_sample_once_per_epoch():
     batches = micro_batches(lengths, 4, np.random.default_rng(0))
     assert sorted(np.concatenate(batches).tolist()) == list(range(23))
     assert [len(b) for b in sorted(batches, key=len, reverse=True)] == [4, 4, 4, 4, 4, 3]  # windows 16 + 7
+
+
+# ------------------------------------------------------------------ optimizer, schedule, warm-up, clipping
+
+
+@pytest.mark.parametrize("schedule, reference", [("linear", "get_linear_schedule_with_warmup"),
+                                                 ("cosine", "get_cosine_schedule_with_warmup")])
+def test_decay_after_warm_up_is_hugging_faces(schedule, reference):
+    """With start and floor at 0, the decay part is transformers' own schedule (an independent
+    implementation); the warm-up is ours: (s + 1) / W, so the first step does not run at rate 0."""
+    import transformers
+
+    total, warm = 40, 6
+    settings = TrainSettings(schedule=schedule, warmup_steps=warm)
+    param = torch.nn.Parameter(torch.zeros(1))
+    hf = getattr(transformers, reference)(torch.optim.SGD([param], lr=1.0), warm, total)
+    expected = [hf.lr_lambdas[0](s) for s in range(total)]
+    got = [settings.lr_factor(s, total) for s in range(total)]
+    np.testing.assert_allclose(got[warm:], expected[warm:], atol=1e-12)
+    np.testing.assert_allclose(got[:warm], np.arange(1, warm + 1) / warm)
+
+
+def test_warm_up_from_a_start_factor_and_decay_to_a_floor():
+    """LLaRA / iLoRA: 5% warm-up from lr/100, cosine down to lr/100."""
+    total = 200
+    settings = TrainSettings(schedule="cosine", warmup_ratio=0.05, warmup_start=0.01, final_lr_ratio=0.01)
+    factors = np.array([settings.lr_factor(s, total) for s in range(total)])
+    assert settings.warmup(total) == 10
+    assert factors[0] == pytest.approx(0.01 + 0.99 / 10) and factors[9] == pytest.approx(1.0)
+    assert np.all(np.diff(factors[:10]) > 0) and np.all(np.diff(factors[10:]) < 0)
+    assert factors[-1] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 189 / 190)))
+    assert factors.min() > 0.01 - 1e-12
+    constant = TrainSettings(warmup_steps=3)
+    assert [constant.lr_factor(s, 10) for s in range(5)] == pytest.approx([1 / 3, 2 / 3, 1, 1, 1])
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"schedule": "step"}, "schedule must be one of"),
+    ({"optimizer": "sgd"}, "optimizer must be one of"),
+    ({"warmup_steps": 2, "warmup_ratio": 0.1}, "not both"),
+    ({"batch_size": 6, "micro_batch_size": 4}, "multiple of micro_batch_size"),
+    ({"param_groups": {"router": {"lr": 1.0}}}, "param_groups.router"),
+])
+def test_settings_refuse_what_would_silently_train_otherwise(bad, message):
+    with pytest.raises(ValueError, match=message):
+        TrainSettings(**bad)
+
+
+def test_param_groups_set_rate_and_decay_by_parameter_name():
+    from methods.training import build_optimizer
+
+    model = torch.nn.ModuleDict({"projector": torch.nn.Linear(2, 2), "router": torch.nn.Linear(2, 2),
+                                 "lora": torch.nn.Linear(2, 2)})
+    settings = TrainSettings(learning_rate=1e-3, optimizer="adam", weight_decay=0.0,
+                             param_groups={"projector": {"weight_decay": 1e-5},
+                                           "router": {"weight_decay": 1e-5, "lr_scale": 0.3}})
+    optimizer = build_optimizer(model, settings)
+    assert type(optimizer) is torch.optim.Adam
+    by_param = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    for name, (lr, decay) in {"projector": (1e-3, 1e-5), "router": (3e-4, 1e-5), "lora": (1e-3, 0.0)}.items():
+        for param in model[name].parameters():
+            assert by_param[id(param)]["lr"] == pytest.approx(lr) and by_param[id(param)]["weight_decay"] == decay
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 6
+    assert type(build_optimizer(model, TrainSettings())) is torch.optim.AdamW
+    with pytest.raises(ValueError, match=r"\['projecter'\] match no trainable parameter"):
+        build_optimizer(model, TrainSettings(param_groups={"projecter": {"weight_decay": 1e-5}}))
+
+
+def test_the_loop_follows_the_schedule_and_clips_only_when_asked(tok, monkeypatch):
+    """The rate each optimizer step used is the schedule's; ``max_grad_norm: 0`` never clips."""
+    import methods.training
+
+    _, prompts = build(tok, n=16)
+    seen = {"lr": [], "clipped": 0}
+    real_build, real_clip = methods.training.build_optimizer, torch.nn.utils.clip_grad_norm_
+
+    def recording_build(model, settings):
+        optimizer = real_build(model, settings)
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen["lr"].append(opt.param_groups[0]["lr"]))
+        return optimizer
+
+    def counting_clip(*args, **kwargs):
+        seen["clipped"] += 1
+        return real_clip(*args, **kwargs)
+
+    monkeypatch.setattr(methods.training, "build_optimizer", recording_build)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", counting_clip)
+    settings = TrainSettings(learning_rate=1e-2, epochs=2, batch_size=4, micro_batch_size=2, schedule="linear",
+                             warmup_steps=2, final_lr_ratio=0.1, max_grad_norm=0.0)
+    result = train(lora_model(tok), prompts, settings, seed=0, pad_id=tok.pad_token_id, progress=False)
+    assert result.steps == 8 and len(seen["lr"]) == 8
+    np.testing.assert_allclose(seen["lr"], [1e-2 * settings.lr_factor(s, 8) for s in range(8)])
+    assert seen["clipped"] == 0
+    train(lora_model(tok), prompts, TrainSettings(learning_rate=1e-2, epochs=1, batch_size=4, micro_batch_size=2),
+          seed=0, pad_id=tok.pad_token_id, progress=False)
+    assert seen["clipped"] == 4

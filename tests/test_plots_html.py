@@ -135,7 +135,9 @@ def test_comparability_states_every_unmet_condition(tmp_path):
 def test_paper_suite_passes_dry_run(capsys):
     assert run_main(["--suite", "paper", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "movielens-100k/ctr/pop/seed=1/shots=16" in out and out.strip().endswith("cells")
+    assert "movielens-100k/ctr/pop/seed=1/shots=16" in out
+    cells = [line for line in out.splitlines() if line.endswith(" cells")]
+    assert len(cells) == 1 and "reclora: config" in out.split(f"\n{cells[0]}\n")[1], "the settings follow the count"
 
 
 def test_report_of_a_real_run_is_complete_and_self_contained(ci_run, tmp_path):

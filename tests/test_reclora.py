@@ -48,8 +48,10 @@ class FakeCRM:
 def cell(tmp_path_factory):
     data = canonical.load("movielens-100k", tiny=True)
     proto = protocols.load(data, "ctr")
-    valid, test = proto.valid.iloc[:8], proto.test.iloc[:12]
-    fit = FitData("ctr", proto.few_shot(SHOTS, 1), proto.train, without_labels(valid),
+    # history_pool: full, as the harness hands it (benchmarks/execution/cell.py)
+    train, valid, test = (protocols.with_full_histories(data.interactions, frame)
+                          for frame in (proto.few_shot(SHOTS, 1), proto.valid.iloc[:8], proto.test.iloc[:12]))
+    fit = FitData("ctr", train, proto.train, without_labels(valid),
                   lambda s: metrics.compute("ctr", valid["label"].to_numpy(), s), data.catalog, proto.info)
     llm = tiny_backbone_dir(tmp_path_factory.mktemp("tiny-llm"))
     ctx = CellContext(seed=1, batch_size=4, max_epochs=1, llm=str(llm), quant="nf4",
@@ -163,7 +165,7 @@ def test_one_meta_lora_equals_plain_peft_lora(cell, trained):
             lora.lora_A["default"].weight.copy_(layer.lora_A)
             lora.lora_B["default"].weight.copy_(layer.lora_B)
     peft_model.eval()
-    shown = select_history(test, 10, "relevant", run.crm.item_embeddings().numpy())
+    shown = select_history(test, 10, "relevant", run.crm.item_embeddings().numpy(), "full_history")
     prompts = method.builder.build(shown)
     expected = yes_probability(peft_model, prompts, method.builder.answers, batch_size=5,
                                pad_id=base.tokenizer.pad_token_id)  # through the prefix cache: another path
@@ -209,18 +211,19 @@ def test_the_gate_personalizes_each_sample_on_its_own(cell, trained):
 
 
 def test_prompt_lists_the_retrieved_items_with_ratings_in_time_order_then_the_target(cell, trained):
-    from methods.retrieval import select_history
-
-    fit, test, _ = cell
+    """The K items come from the user's whole history before the target, not only the stored window."""
+    fit, _, _ = cell
     method, crm = trained("reclora").method, trained("reclora").crm
-    row = int(np.argmax(test["history"].str.len().to_numpy()))
+    data = canonical.load("movielens-100k", tiny=True)
+    test = protocols.with_full_histories(data.interactions, without_labels(protocols.load(data, "ctr").test))
+    row = int(np.argmax(test["full_history"].str.len().to_numpy()))
     sample = test.iloc[[row]]
-    history, ratings, target = sample["history"].iloc[0], sample["history_ratings"].iloc[0], sample["item"].iloc[0]
+    history, ratings, target = (sample[c].iloc[0] for c in ("full_history", "full_history_ratings", "item"))
     emb = crm.item_embeddings().numpy()
     cosine = emb[history] @ emb[target] / (np.linalg.norm(emb[history], axis=1) * np.linalg.norm(emb[target]))
     keep = np.sort(np.argsort(-cosine, kind="stable")[:10])
-    text = method.backbone.tokenizer.decode(method.builder.build(select_history(sample, 10, "relevant", emb))
-                                            .full_ids(0))
+    assert keep[0] < len(history) - fit.protocol.params["max_history"], "an item older than the stored window"
+    text = method.backbone.tokenizer.decode(method.inputs(sample)[0].full_ids(0))  # what reclora builds
     titles = fit.catalog.titles(history[keep])
     where = [text.index(f"{i}. {t} ({ratings[k]:g} stars)") for i, (t, k) in enumerate(zip(titles, keep), 1)]
     assert where == sorted(where) and len(history) > 10
@@ -319,11 +322,14 @@ def test_real_din_crm_trains_on_the_full_split_and_stays_frozen(cell):
 
 
 @pytest.mark.parametrize("name, overrides, stored, fragment", [
-    ("reclora", {}, 10, "retrieval would choose nothing"),
-    ("reclora-no-retrieval", {"crm_overrides": {"max_history": 60}}, 10, "asks the CRM to read 60"),
+    ("reclora", {"history_pool": "stored", "crm_overrides": {"max_history": 10}}, 10,
+     "retrieval from the stored window would choose nothing"),
+    ("reclora-no-retrieval", {}, 10, r"its CRM \(din\) reads 60 history items"),
+    ("reclora", {"crm_overrides": {"max_history": 61}}, 60, "reads 61 history items"),
 ])
 def test_a_protocol_with_too_short_histories_is_refused_in_one_line(cell, name, overrides, stored, fragment):
-    """ML-25M's and Amazon Books' cards once stored 10 items (= K): the retriever was a no-op there."""
+    """ML-25M's and Amazon Books' cards store 10 items (= K): a retriever limited to them chooses nothing,
+    and din.yaml's CRM would read 10 of its 60."""
     import dataclasses
 
     fit, _, ctx = cell

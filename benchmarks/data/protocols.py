@@ -337,6 +337,44 @@ def build_next_item(data: CanonicalData, params: Mapping[str, Any]) -> dict[str,
     return out
 
 
+#: the columns :func:`with_full_histories` adds (a method asks for them with ``history_pool: full``)
+FULL_HISTORY_COLUMNS = ("full_history", "full_history_ratings")
+
+
+def with_full_histories(interactions: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """``samples`` (ctr) with each sample's WHOLE history: :data:`FULL_HISTORY_COLUMNS`, the user's items
+    and ratings from before the target's second, oldest first, uncapped.
+
+    The stored ``history`` is the last ``max_history`` of these, so the pool a retriever reads (ReLLa /
+    RecLoRA pick the K most relevant items of the user's history before the target) does not depend on
+    how much a card stores. The pool is looked up in the canonical interactions by (user, timestamp), the
+    same rule the ctr builder uses, so no sample holds more than its own past; only the samples handed
+    over get it (a few-shot subset, valid and test), never the whole train split.
+
+    Raises:
+        ValueError: the (user, timestamp) key would overflow int64 (a timestamp span of over 10^13 s).
+    """
+    if not len(samples):
+        return samples.assign(**{name: [] for name in FULL_HISTORY_COLUMNS})
+    ordered, _, _ = _user_order(interactions)
+    user, stamp = ordered["user"].astype(np.int64), ordered["timestamp"].astype(np.int64)
+    lowest = int(min(stamp.min(initial=0), samples["timestamp"].min()))
+    span = int(max(stamp.max(initial=0), samples["timestamp"].max())) - lowest + 1
+    if (int(user.max(initial=0)) + 1) * span >= 2**62:
+        raise ValueError(f"with_full_histories: {int(user.max()) + 1} users x a {span} s timestamp span overflow "
+                         "the (user, timestamp) key")
+    keys = user * span + (stamp - lowest)
+    wanted = samples["user"].to_numpy(dtype=np.int64)
+    end = np.searchsorted(keys, wanted * span + (samples["timestamp"].to_numpy(dtype=np.int64) - lowest), "left")
+    length = end - np.searchsorted(keys, wanted * span, "left")
+    offsets = np.cumsum(length)
+    rows = np.arange(int(offsets[-1])) - np.repeat(offsets - end, length)
+    cuts = offsets[:-1]
+    items = np.split(ordered["item"][rows].astype(np.int64, copy=False), cuts)
+    ratings = np.split(ordered["rating"][rows].astype(np.float32, copy=False), cuts)
+    return samples.assign(**dict(zip(FULL_HISTORY_COLUMNS, (items, ratings))))
+
+
 BUILDERS = {"ctr": build_ctr, "next_item": build_next_item}
 #: bumped whenever a builder's samples change for the same inputs, so that no cached protocol of the
 #: old code is reused (the version is in the header: the cache key and the hash). ctr 2: histories

@@ -33,7 +33,7 @@ import numpy as np
 from benchmarks import records, registry
 from benchmarks.audits import order_probe
 from benchmarks.audits import prompts as prompt_audit
-from benchmarks.contract import CellContext, FitData, without_labels
+from benchmarks.contract import CellContext, FitData, wants_full_history, without_labels
 from benchmarks.data import audit, canonical, protocols, sources
 from benchmarks.data.cache import ENV_VAR, cache_root, method_cache
 from benchmarks.data.cards import known_cards, load_card
@@ -110,7 +110,7 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
         record.audit = _audit(protocol, cell, spec.shots)
         audit.require_passed(record.audit)
 
-        config = registry.resolve_config(entry, spec.config)
+        config = registry.resolve_config(entry, spec.config_for(cell.dataset))
         record.method_config = config_dict(config)
         record.method_config_hash = config_hash(cell.method, record.method_config)
 
@@ -118,6 +118,9 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
         train_full = protocol.train
         valid = evaluation.evaluation_split(protocol, "valid", budget.valid_cap)
         test = without_labels(evaluation.evaluation_split(protocol, "test", budget.eval_cap)).copy()
+        if wants_full_history(config, cell.task):
+            train, valid, test = (protocols.with_full_histories(data.interactions, frame)
+                                  for frame in (train, valid, test))
         del data, protocol  # the interactions and the test labels: nothing in this process holds them now
         gc.collect()
         release_freed_memory()
@@ -133,7 +136,7 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
                            validate=validate, catalog=catalog, protocol=info)
         ctx = CellContext(seed=cell.seed, device=suite.device, batch_size=budget.batch_size,
                           max_epochs=budget.max_epochs, workdir=workdir, cache_dir=method_cache(),
-                          llm=suite.llm, quant=suite.quant, dataset=cell.dataset)
+                          llm=spec.llm or suite.llm, quant=suite.quant, dataset=cell.dataset)
         if confine:
             record.isolation = _confine(run_dir, workdir)
         seed_everything(cell.seed, entry.family, suite.device)

@@ -102,7 +102,8 @@ def check_resume(saved: dict, suite_hash: str, cell_keys: set[str], records: lis
         suite_hash: the hash of the suite parsed from it (an edited suite.json no longer matches).
         cell_keys: the run's cells; a record of any other cell is foreign.
         records: every record in ``records.jsonl``.
-        configs: method -> (config hash, config) as the code resolves it now.
+        configs: method (or method@dataset) -> (config hash, config) as the code resolves it now
+            (:func:`benchmarks.suite.resolve_configs`).
         protocol_hashes: (dataset, tiny, task) -> the protocol hash the data gives now.
         code: ``git_commit`` and ``git_dirty`` now.
         allow_mixed: accept a changed config, protocol or code version (never a foreign record).
@@ -122,7 +123,7 @@ def check_resume(saved: dict, suite_hash: str, cell_keys: set[str], records: lis
         if record.get("status") != "ok":
             continue
         method = record["method"]
-        now_hash, now_config = configs[method]
+        now_hash, now_config = configs.get(f"{method}@{record.get('dataset')}", configs[method])
         if record.get("method_config_hash") != now_hash:
             raise RunFolderError(f"{method}'s config changed since this run started: "
                                  f"{_diff(record.get('method_config') or {}, now_config)}; "

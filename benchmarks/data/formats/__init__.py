@@ -22,6 +22,7 @@ PARSERS = {
     "amazon_2018": "benchmarks.data.formats.amazon:parse_2018",
     "amazon_2023": "benchmarks.data.formats.amazon:parse_2023",
     "steam": "benchmarks.data.formats.steam:parse",
+    "hetrec_lastfm_zip": "benchmarks.data.formats.lastfm:parse",
 }
 
 

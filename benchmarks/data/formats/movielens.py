@@ -49,8 +49,8 @@ def _split_lines(text: str, sep: str, n_fields: int, file: str, report: BadLines
     return rows
 
 
-def _member(archive: zipfile.ZipFile, name: str) -> str:
-    """The archive member called ``name``, at the top or in the archive's folder (``ml-1m/``)."""
+def zip_member(archive: zipfile.ZipFile, name: str) -> str:
+    """The archive member called ``name``, at the top (HetRec) or in the archive's folder (``ml-1m/``)."""
     match = [m for m in archive.namelist() if m.endswith("/" + name) or m == name]
     if not match:
         raise ValueError(f"{archive.filename}: no member '{name}' (is this the right archive?)")
@@ -65,9 +65,9 @@ def _year_from_title(titles: pd.Series) -> pd.Series:
 def parse_100k_zip(paths: dict[str, Path], source: Source, report: BadLines) -> RawTables:
     with zipfile.ZipFile(next(iter(paths.values()))) as archive:
         def member(name: str) -> str:
-            return archive.read(_member(archive, name)).decode("latin-1")
+            return archive.read(zip_member(archive, name)).decode("latin-1")
 
-        interactions = read_delimited(lambda: archive.open(_member(archive, "u.data")), "u.data", _RATING_TYPES,
+        interactions = read_delimited(lambda: archive.open(zip_member(archive, "u.data")), "u.data", _RATING_TYPES,
                                       report, sep="\t", encoding="latin-1", checks=interaction_checks,
                                       repeats=INTERACTION_COLUMNS)
         genre_names = [r[0] for r in _split_lines(member("u.genre"), "|", 2, "u.genre", report)]
@@ -87,12 +87,12 @@ def parse_100k_zip(paths: dict[str, Path], source: Source, report: BadLines) -> 
 
 def parse_1m_zip(paths: dict[str, Path], source: Source, report: BadLines) -> RawTables:
     with zipfile.ZipFile(next(iter(paths.values()))) as archive:
-        interactions = read_delimited(lambda: archive.open(_member(archive, "ratings.dat")), "ratings.dat",
+        interactions = read_delimited(lambda: archive.open(zip_member(archive, "ratings.dat")), "ratings.dat",
                                       _RATING_TYPES, report, sep="::", checks=interaction_checks,
                                       repeats=INTERACTION_COLUMNS)
 
         def rows(name: str, n_fields: int) -> list[list[str]]:
-            text = archive.read(_member(archive, name)).decode("latin-1")
+            text = archive.read(zip_member(archive, name)).decode("latin-1")
             return _split_lines(text, "::", n_fields, name, report, int_fields=(0,))
 
         movie_rows, user_rows = rows("movies.dat", 3), rows("users.dat", 5)
@@ -110,10 +110,10 @@ def parse_1m_zip(paths: dict[str, Path], source: Source, report: BadLines) -> Ra
 
 def parse_25m_zip(paths: dict[str, Path], source: Source, report: BadLines) -> RawTables:
     with zipfile.ZipFile(next(iter(paths.values()))) as archive:
-        interactions = read_delimited(lambda: archive.open(_member(archive, "ratings.csv")), "ratings.csv",
+        interactions = read_delimited(lambda: archive.open(zip_member(archive, "ratings.csv")), "ratings.csv",
                                       _RATING_TYPES, report, header=True, checks=interaction_checks,
                                       repeats=INTERACTION_COLUMNS)
-        movies = read_delimited(lambda: archive.open(_member(archive, "movies.csv")), "movies.csv",
+        movies = read_delimited(lambda: archive.open(zip_member(archive, "movies.csv")), "movies.csv",
                                 {"item_raw": pa.int64(), "title": pa.string(), "genres": pa.string()},
                                 report, header=True, quoted=True)
     items = movies.assign(year=_year_from_title(movies["title"]),
