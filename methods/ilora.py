@@ -29,14 +29,16 @@ NOTE, where this differs (details and numbers in ``docs/methods/ilora.md``):
 * backbone: any HF causal LM, 4-bit NF4 by default (offline default SmolLM2-135M-Instruct, prompt in
   its chat template) instead of Llama-2-7B in bf16.
 * router: a two-layer MLP (Linear -> GELU -> Linear -> softmax) instead of the authors' 1-D
-  convolutional residual network over the 64-d representation; it trains at the same rate as the
-  adapters (the authors use 0.3x).
+  convolutional residual network over the 64-d representation. The CPU default trains it at the
+  adapters' rate; the ``paper`` suite gives it the authors' 0.3x and weight decay 1e-5
+  (``param_groups`` of :class:`methods.training.TrainSettings`).
 * SASRec: RecBole's SASRec trained on our train split (histories up to 50 items), not the authors'
   checkpoint on 10-item windows; LLaRA's curriculum (text-only prompts early in training, hybrid
   later) is not used: hybrid prompts throughout.
 * training negatives: 19 per training sample drawn once per fit (the authors redraw every epoch).
-* optimization: AdamW with a constant rate after linear warm-up and CPU-sized batches and epochs,
-  instead of Adam with cosine decay, batch 128, 5 epochs (``methods/configs/ilora.yaml``).
+* optimization: the CPU default (``methods/configs/ilora.yaml``) is AdamW with a constant rate after
+  linear warm-up and CPU-sized batches and epochs; the ``paper`` suite runs the authors' Adam, 5% warm-up
+  from lr/100, cosine decay to lr/100, batch 128, 5 epochs, no clipping.
 """
 from __future__ import annotations
 

@@ -65,3 +65,18 @@ def test_only_a_ctr_method_that_asks_gets_the_pool():
         wants_full_history(SimpleNamespace(history_pool="full"), "next_item")
     with pytest.raises(ValueError, match="history_pool must be one of"):
         wants_full_history(SimpleNamespace(history_pool="everything"), "ctr")
+
+
+def test_the_pool_cost_benchmark_runs_on_ml_1m_shaped_data(capsys):
+    from benchmarks.perf import history_pool
+
+    ratings = history_pool.synthetic_ratings()
+    counts = ratings.groupby("user").size()
+    assert len(counts) == 6040 and counts.min() >= 20 and abs(len(ratings) - 1_000_209) < 0.01 * 1_000_209
+    assert (ratings.groupby("user")["timestamp"].diff().dropna() > 0).all()
+    samples = history_pool.ctr_samples(ratings, 300)
+    pooled = protocols.with_full_histories(ratings, samples)
+    assert all(np.array_equal(p[-60:], h) for p, h in zip(pooled["full_history"], pooled["history"]))
+    assert history_pool.main(["--samples", "300", "200", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 300 samples; pool size mean" in out and "test: 200 samples" in out

@@ -206,3 +206,22 @@ def test_every_published_number_names_a_registered_method_of_its_task():
     assert not wrong, wrong
     scorers = {p.method for p in load_all() if p.paper["id"] in ("llara", "ilora")}
     assert scorers == {"lora-seq-generate", "ilora-generate"}, "generation protocols: ValidRatio can be below 1"
+
+
+def test_llaras_figures_stand_beside_lora_seq_generate_in_the_paper_table():
+    """results/paper/llara.yaml is keyed to the scorer that follows LLaRA's protocol (generate, then match
+    a title): a run's lora-seq-generate group on a LLaRA dataset lines up with each published figure."""
+    entries = [p for p in published.load_all() if p.paper["id"] == "llara"]
+    assert {(p.dataset, p.metric) for p in entries} == {(d, m) for d in ("movielens-100k", "steam", "lastfm")
+                                                        for m in ("hr@1", "valid_ratio")}
+    assert {p.method for p in entries} == {"lora-seq-generate"}
+    record = {"tiny": False, "budget": {"eval_cap": None, "max_epochs": None},
+              "backbone": {"id": "meta-llama/Llama-2-7b-hf", "quant": "none"},
+              "protocol_params": {"n_candidates": 20}, "metrics": {"hr@1": 0.4211, "valid_ratio": 0.9684}}
+    movielens = [p for p in entries if p.dataset == "movielens-100k"]
+    rows = published.compare(movielens, {movielens[0].key: [record]})
+    assert all(r.measured for r in rows)
+    table = tables.published_table(rows)
+    hr_row = next(line for line in table.splitlines() if "0.4526" in line)
+    assert "lora-seq-generate" in hr_row and "0.4211" in hr_row
+    assert "0.9684" in next(line for line in table.splitlines() if "0.9789" in line)
