@@ -202,16 +202,16 @@ def _main(argv: list[str] | None) -> int:
 
     todo = suites.cells(suite)
     configs = suites.resolve_configs(suite)
-    print(estimate.describe(todo, suite), flush=True)
+    print(estimate.describe(todo, suite, configs), flush=True)
     if args.dry_run:
         for cell in todo:
-            print(cell.key)
+            print(estimate.cell_line(cell, suite, configs))
         print(f"{len(todo)} cells")
         print("\n".join(suites.settings_lines(suite, configs)))
         return 0
     if not todo:
         raise CliError(f"suite '{suite.name}' has no cell to run (no listed method runs on a listed protocol)")
-    if estimate.needs_confirmation(todo, suite) and not args.yes:
+    if estimate.needs_confirmation(todo, suite, configs) and not args.yes:
         raise CliError(f"{len(todo)} cells is past what a run starts without asking "
                        f"({estimate.MAX_CELLS} cells or {estimate.MAX_HOURS} estimated hours); "
                        "check --dry-run, then pass --yes")
@@ -228,7 +228,7 @@ def _main(argv: list[str] | None) -> int:
     with run_folder.locked(run_dir):
         if saved is not None:
             _check_resume(run_dir, saved, suite, todo, configs, args.allow_mixed)
-        return execute(suite, source, run_id, run_dir, todo, args.executor, options)
+        return execute(suite, source, run_id, run_dir, todo, args.executor, options, configs)
 
 
 def _check_resume(run_dir: Path, saved: dict, suite: suites.Suite, todo: list, configs: dict,
@@ -250,9 +250,22 @@ def _check_resume(run_dir: Path, saved: dict, suite: suites.Suite, todo: list, c
                             env.collect(suite.device), allow_mixed)
 
 
+def _took(record: dict) -> float | None:
+    """A record's wall seconds from its start and finish stamps (None when either is missing)."""
+    from datetime import datetime
+
+    try:
+        start, end = (datetime.fromisoformat(record[key]) for key in ("started_at", "finished_at"))
+        return (end - start).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: list, executor: str,
-            options: dict | None = None) -> int:
-    """Run the cells of ``todo`` not yet finished in ``run_dir`` (which the caller holds locked)."""
+            options: dict | None = None, configs: dict | None = None) -> int:
+    """Run the cells of ``todo`` not yet finished in ``run_dir`` (which the caller holds locked). Each
+    finished cell's line gives its wall time beside the estimate printed before the run, so the cost
+    model can be checked and corrected (``configs``: :func:`benchmarks.suite.resolve_configs`)."""
     from tqdm import tqdm
 
     from benchmarks.execution import env
@@ -275,6 +288,7 @@ def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: 
           f"{len(todo)} cells, {len(todo) - len(pending)} already finished", flush=True)
     resume_hint = f"python -m benchmarks.run --resume {run_dir}"
 
+    estimated = {cell.key: estimate.cell_estimate(cell, suite, configs)[0] for cell in pending}
     progress = tqdm(total=len(pending), unit="cell", dynamic_ncols=True)
     kept = len(todo) - len(pending)
     options = dict(options or {})
@@ -289,6 +303,10 @@ def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: 
                                f"kept; free space, then resume: {resume_hint}") from None
             kept += record["status"] == "ok"
             progress.set_postfix_str(f"{record['cell']} {record['status']}")
+            took, guess = _took(record), estimated.get(record["cell"])
+            tqdm.write(f"{record['cell']}: {record['status']} in "
+                       + (f"{took:.0f} s" if took is not None else "an unknown time")
+                       + (f" (estimated {guess:.0f} s)" if guess is not None else " (no estimate)"))
             progress.update()
             if record["status"] != "ok":
                 tqdm.write(f"FAILED {record['cell']}: {record['error']['type']}: "

@@ -4,8 +4,8 @@ CPU estimates are calibrated on the committed records under ``results/`` (measur
 machine): per cell, the median training seconds of the same (method, task, shots), else of the same
 (method, task), else of the family, plus its scoring seconds scaled by the suite's evaluation cap
 against the record's number of evaluated samples, plus the order probe's re-scoring at the same rate
-(LLM next_item cells), plus :data:`PROCESS_S` for the cell's process start. There is no GPU
-calibration yet: a cuda suite is given its cell count only.
+(LLM next_item cells), plus :data:`PROCESS_S` for the cell's process start. On CUDA, LLM cells are
+estimated by the FLOP and byte model of :mod:`benchmarks.execution.gpu_cost`.
 """
 from __future__ import annotations
 
@@ -64,16 +64,33 @@ def cell_seconds(method: str, family: str, task: str, shots, tiny: bool, eval_ca
     return None
 
 
-def total_seconds(cells: list, suite) -> tuple[float, int]:
+def cell_estimate(cell, suite, configs: dict | None = None) -> tuple[float | None, float | None]:
+    """(estimated wall seconds, peak GiB or None) of one cell on the suite's device; (None, None) when
+    nothing calibrates it. On CUDA, LLM cells follow the FLOP and byte model of
+    :mod:`benchmarks.execution.gpu_cost` (their config from ``configs``, as
+    :func:`benchmarks.suite.resolve_configs` returns them); the other cells take their CPU estimate, an
+    upper bound (a GPU runs RecBole's models no slower)."""
+    from benchmarks import suite as suites
+    from benchmarks.execution import gpu_cost
+
+    family = discover()[cell.method].family
+    tiny = next(d.tiny for d in suite.datasets if d.name == cell.dataset)
+    if suite.device.startswith("cuda") and family == "llm":
+        spec = suite.methods[cell.method]
+        config = (configs or {}).get(suites.config_key(cell.method, cell.dataset, spec), (None, {}))[1]
+        cost = gpu_cost.llm_cell(method=cell.method, task=cell.task, dataset=cell.dataset, shots=cell.shots,
+                                 llm=spec.llm or suite.llm, quant=suite.quant, config=config, budget=suite.budget,
+                                 gpu=gpu_cost.device())
+        return (PROCESS_S + cost.seconds, cost.peak_gib) if cost else (None, None)
+    return cell_seconds(cell.method, family, cell.task, cell.shots, tiny, suite.budget.eval_cap,
+                        suite.budget.order_probe_samples), None
+
+
+def total_seconds(cells: list, suite, configs: dict | None = None) -> tuple[float, int]:
     """(estimated seconds of the cells that have an estimate, number of cells without one)."""
-    if suite.device != "cpu":
-        return 0.0, len(cells)
     known, unknown = 0.0, 0
-    tiny = {d.name: d.tiny for d in suite.datasets}
-    registered = discover()
     for cell in cells:
-        seconds = cell_seconds(cell.method, registered[cell.method].family, cell.task, cell.shots,
-                               tiny[cell.dataset], suite.budget.eval_cap, suite.budget.order_probe_samples)
+        seconds, _peak = cell_estimate(cell, suite, configs)
         if seconds is None:
             unknown += 1
         else:
@@ -81,18 +98,32 @@ def total_seconds(cells: list, suite) -> tuple[float, int]:
     return known, unknown
 
 
-def describe(cells: list, suite) -> str:
+def describe(cells: list, suite, configs: dict | None = None) -> str:
     """One line: the cell count and the estimated wall time, with how it was estimated."""
-    seconds, unknown = total_seconds(cells, suite)
-    if suite.device != "cpu":
-        return f"{len(cells)} cells on {suite.device}; no GPU cost calibration exists yet"
+    seconds, unknown = total_seconds(cells, suite, configs)
+    missing = f"; {unknown} cells without an estimate" if unknown else ""
+    if suite.device.startswith("cuda"):
+        from benchmarks.execution import gpu_cost
+
+        return (f"{len(cells)} cells on {suite.device}; estimated {seconds / 3600:.1f} GPU-hours on "
+                f"{gpu_cost.describe_device(gpu_cost.device())}: LLM cells by a FLOP and byte model over the "
+                f"token counts of committed records (benchmarks/execution/gpu_cost.py), the others by their "
+                f"CPU records, an upper bound{missing}")
     if unknown == len(cells):
         return f"{len(cells)} cells; no CPU cost estimate (no committed 2-core record calibrates these cells)"
-    missing = f", {unknown} cells without a calibration point" if unknown else ""
     return (f"{len(cells)} cells; estimated CPU wall time {seconds / 3600:.1f} h "
             f"(median of committed 2-core records per method, task and shots{missing})")
 
 
-def needs_confirmation(cells: list, suite) -> bool:
-    seconds, _unknown = total_seconds(cells, suite)
+def cell_line(cell, suite, configs: dict | None = None) -> str:
+    """``--dry-run``'s line for a cell: its key and its estimate."""
+    seconds, peak = cell_estimate(cell, suite, configs)
+    if seconds is None:
+        return f"{cell.key}    (no estimate)"
+    when = f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds:.0f} s"
+    return f"{cell.key}    ~{when}" + (f", peak {peak:.1f} GiB" if peak is not None else "")
+
+
+def needs_confirmation(cells: list, suite, configs: dict | None = None) -> bool:
+    seconds, _unknown = total_seconds(cells, suite, configs)
     return len(cells) > MAX_CELLS or seconds / 3600 > MAX_HOURS
