@@ -103,7 +103,8 @@ def test_dry_runs_print_gpu_hours_per_cell_and_in_total():
     paper = subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite", "paper", "--dry-run"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout
     first = paper.splitlines()[0]
-    assert "GPU-hours on one H100" in first and "MFU 35%" in first
+    assert "GPU-hours for the LLM cells on one H100" in first and "MFU 35%" in first
+    assert "at most" in first and "for the others (their CPU records scaled" in first
     line = next(x for x in paper.splitlines() if x.startswith("movielens-1m/ctr/reclora/seed=1/shots=70000"))
     assert " h, peak " in line and "GiB" in line
     quick = subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite", "quick", "--dry-run"], cwd=ROOT,
@@ -118,3 +119,19 @@ def test_a_finished_cells_time_is_read_from_its_stamps():
 
     assert _took({"started_at": "2026-12-06T10:00:00+00:00", "finished_at": "2026-12-06T10:02:05+00:00"}) == 125
     assert _took({"started_at": "", "finished_at": "2026-12-06T10:02:05+00:00"}) is None
+
+
+def test_cpu_records_scale_to_a_larger_splits_size(monkeypatch):
+    """A record on MovieLens-100K's whole train split, estimated on a split ten times as large."""
+    from benchmarks.execution import estimate
+
+    points = {("sasrec", "next_item", "full", False): [(100.0, 10.0, 1000, 5000)]}
+    monkeypatch.setattr(estimate, "_calibration", lambda: points)
+    same = estimate.cell_seconds("sasrec", "conventional", "next_item", "full", False, None)
+    larger = estimate.cell_seconds("sasrec", "conventional", "next_item", "full", False, None,
+                                   sizes={"train": 50_000, "test": 10_000})
+    capped = estimate.cell_seconds("sasrec", "conventional", "next_item", "full", False, 2000,
+                                   sizes={"train": 50_000, "test": 10_000})
+    assert same == pytest.approx(estimate.PROCESS_S + 100 + 10)
+    assert larger == pytest.approx(estimate.PROCESS_S + 1000 + 100)
+    assert capped == pytest.approx(estimate.PROCESS_S + 1000 + 20)

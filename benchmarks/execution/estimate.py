@@ -24,9 +24,9 @@ MAX_HOURS = 24.0
 
 
 @lru_cache(maxsize=1)
-def _calibration() -> dict[tuple, list[tuple[float, float, int]]]:
-    """key -> [(train s, score s, samples scored)] for keys (method, task, shots, tiny), (method, task,
-    tiny) and (family, tiny)."""
+def _calibration() -> dict[tuple, list[tuple[float, float, int, int]]]:
+    """key -> [(train s, score s, samples scored, samples trained on)] for keys (method, task, shots,
+    tiny), (method, task, tiny) and (family, tiny)."""
     table: dict[tuple, list] = defaultdict(list)
     for path in sorted(RESULTS.rglob("records.jsonl")):
         for line in path.read_text().splitlines():
@@ -37,7 +37,8 @@ def _calibration() -> dict[tuple, list[tuple[float, float, int]]]:
             timing = record.get("timing") or {}
             if record.get("status") != "ok" or record.get("device") != "cpu" or timing.get("score_seconds") is None:
                 continue
-            point = (timing.get("train_seconds") or 0.0, timing["score_seconds"], record.get("n_eval") or 0)
+            point = (timing.get("train_seconds") or 0.0, timing["score_seconds"], record.get("n_eval") or 0,
+                     record.get("n_train") or 0)
             tiny = bool(record.get("tiny"))
             for key in ((record["method"], record["task"], str(record["shots"]), tiny),
                         (record["method"], record["task"], tiny), (record.get("family"), tiny)):
@@ -46,18 +47,25 @@ def _calibration() -> dict[tuple, list[tuple[float, float, int]]]:
 
 
 def cell_seconds(method: str, family: str, task: str, shots, tiny: bool, eval_cap: int | None,
-                 order_probe_samples: int = 0) -> float | None:
+                 order_probe_samples: int = 0, sizes: dict[str, int] | None = None) -> float | None:
     """Estimated CPU wall seconds of one cell, or None without a calibration point (tiny subsets are
-    calibrated on tiny records only)."""
+    calibrated on tiny records only). ``sizes`` (the split's {"train", "test"} sample counts, when
+    known) scale a record's training and scoring seconds to the cell's dataset: the records are
+    MovieLens-100K's."""
     table = _calibration()
     for key in ((method, task, str(shots), tiny), (method, task, tiny), (family, tiny)):
         if key in table:
             points = table[key]
-            train = statistics.median(p[0] for p in points)
-            score = statistics.median(p[1] * (eval_cap / p[2] if eval_cap and p[2] else 1.0) for p in points)
+            trained = evaluated = None
+            if sizes:
+                trained = sizes["train"] if shots in ("full", None) else min(int(shots), sizes["train"])
+                evaluated = min(eval_cap or sizes["test"], sizes["test"])
+            evaluated = evaluated or eval_cap
+            train = statistics.median(p[0] * (trained / p[3] if trained and p[3] else 1.0) for p in points)
+            score = statistics.median(p[1] * (evaluated / p[2] if evaluated and p[2] else 1.0) for p in points)
             probe = 0.0
             if order_probe.applies(task, family):  # each ordering re-scores up to that many of the scored ones
-                scored = eval_cap or statistics.median(p[2] for p in points)
+                scored = evaluated or statistics.median(p[2] for p in points)
                 probe = len(order_probe.ORDERINGS) * min(order_probe_samples, scored) * statistics.median(
                     p[1] / p[2] for p in points if p[2])
             return PROCESS_S + train + score + probe
@@ -68,8 +76,8 @@ def cell_estimate(cell, suite, configs: dict | None = None) -> tuple[float | Non
     """(estimated wall seconds, peak GiB or None) of one cell on the suite's device; (None, None) when
     nothing calibrates it. On CUDA, LLM cells follow the FLOP and byte model of
     :mod:`benchmarks.execution.gpu_cost` (their config from ``configs``, as
-    :func:`benchmarks.suite.resolve_configs` returns them); the other cells take their CPU estimate, an
-    upper bound (a GPU runs RecBole's models no slower)."""
+    :func:`benchmarks.suite.resolve_configs` returns them); the other cells take their CPU estimate,
+    scaled to the split's size: an upper bound (a GPU runs RecBole's models no slower)."""
     from benchmarks import suite as suites
     from benchmarks.execution import gpu_cost
 
@@ -82,14 +90,19 @@ def cell_estimate(cell, suite, configs: dict | None = None) -> tuple[float | Non
                                  llm=spec.llm or suite.llm, quant=suite.quant, config=config, budget=suite.budget,
                                  gpu=gpu_cost.device())
         return (PROCESS_S + cost.seconds, cost.peak_gib) if cost else (None, None)
+    sizes = None if tiny else gpu_cost.split_sizes(cell.dataset, cell.task)
     return cell_seconds(cell.method, family, cell.task, cell.shots, tiny, suite.budget.eval_cap,
-                        suite.budget.order_probe_samples), None
+                        suite.budget.order_probe_samples, sizes), None
 
 
-def total_seconds(cells: list, suite, configs: dict | None = None) -> tuple[float, int]:
-    """(estimated seconds of the cells that have an estimate, number of cells without one)."""
+def total_seconds(cells: list, suite, configs: dict | None = None, family: str | None = None) -> tuple[float, int]:
+    """(estimated seconds of the cells that have an estimate, number of cells without one), of the
+    cells of ``family`` only when given."""
     known, unknown = 0.0, 0
+    registered = discover()
     for cell in cells:
+        if family is not None and registered[cell.method].family != family:
+            continue
         seconds, _peak = cell_estimate(cell, suite, configs)
         if seconds is None:
             unknown += 1
@@ -105,10 +118,11 @@ def describe(cells: list, suite, configs: dict | None = None) -> str:
     if suite.device.startswith("cuda"):
         from benchmarks.execution import gpu_cost
 
-        return (f"{len(cells)} cells on {suite.device}; estimated {seconds / 3600:.1f} GPU-hours on "
-                f"{gpu_cost.describe_device(gpu_cost.device())}: LLM cells by a FLOP and byte model over the "
-                f"token counts of committed records (benchmarks/execution/gpu_cost.py), the others by their "
-                f"CPU records, an upper bound{missing}")
+        llm, _ = total_seconds(cells, suite, configs, family="llm")
+        return (f"{len(cells)} cells on {suite.device}; estimated {llm / 3600:.1f} GPU-hours for the LLM cells on "
+                f"{gpu_cost.describe_device(gpu_cost.device())} (a FLOP and byte model over the token counts of "
+                f"committed records: benchmarks/execution/gpu_cost.py) and at most {(seconds - llm) / 3600:.1f} h "
+                f"for the others (their CPU records scaled to each split's size){missing}")
     if unknown == len(cells):
         return f"{len(cells)} cells; no CPU cost estimate (no committed 2-core record calibrates these cells)"
     return (f"{len(cells)} cells; estimated CPU wall time {seconds / 3600:.1f} h "
