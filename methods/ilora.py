@@ -204,9 +204,11 @@ class ILoRA:
         def valid_metric() -> float:
             return data.validate(self.scorer.score(data.valid, ctx.batch_size))[config.valid_metric]
 
+        # the plan's optimizer and micro-batch ceiling; never its gradient checkpointing: the mixture's
+        # gate state is set for the forward only, and checkpointing recomputes inside backward()
         self.result = train(self.model, prompts, TrainSettings.from_config(config, ctx.max_epochs), seed=ctx.seed,
                             pad_id=self.scorer.pad_id, evaluate=valid_metric if len(data.valid) else None,
-                            extra_inputs=self._gate_inputs(train_samples))
+                            extra_inputs=self._gate_inputs(train_samples), plan=self.backbone.plan)
 
     def score(self, samples: pd.DataFrame) -> np.ndarray:
         return self.scorer.score(samples, self.ctx.batch_size)

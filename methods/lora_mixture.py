@@ -183,13 +183,16 @@ class MixtureLoRALinear(nn.Module):
         self.spec = spec
         self.state = state
         self.name = name
-        device = base_layer.weight.device
+        # on the base layer's device, in float32 whatever the base computes in (bf16 on CUDA): the
+        # adapters' master weights (methods.device_plan)
+        device, dtype = base_layer.weight.device, torch.float32
         width = spec.experts * spec.expert_rank
-        self.lora_A = nn.Parameter(torch.empty(width, base_layer.in_features, device=device))
-        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, width, device=device))
+        self.lora_A = nn.Parameter(torch.empty(width, base_layer.in_features, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, width, device=device, dtype=dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # fan_in = d_in, as for each expert alone
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
-        self.gate = GateNetwork(spec.gate, spec.experts).to(device) if spec.gate is not None else None
+        self.gate = GateNetwork(spec.gate, spec.experts).to(device=device, dtype=dtype) \
+            if spec.gate is not None else None
 
     def extra_repr(self) -> str:
         s = self.spec

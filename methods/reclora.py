@@ -168,9 +168,11 @@ class RecLoRA:
 
         prompts, conditions = self.inputs(data.train, self.ctx.cache_dir)
         evaluate = (lambda: data.validate(self.score(data.valid))["auc"]) if len(data.valid) else None
+        # the plan's optimizer and micro-batch ceiling; never its gradient checkpointing: the mixture's
+        # gate state is set for the forward only, and checkpointing recomputes inside backward()
         self.result = train(self.backbone.model, prompts, TrainSettings.from_config(cfg, self.ctx.max_epochs),
                             seed=self.ctx.seed, pad_id=self.backbone.tokenizer.pad_token_id, evaluate=evaluate,
-                            forward=self.forward, extra_inputs=self.gate_inputs(conditions))
+                            forward=self.forward, extra_inputs=self.gate_inputs(conditions), plan=self.backbone.plan)
 
     def score(self, samples: pd.DataFrame) -> np.ndarray:
         """P(yes) per sample; the CRM's forward and the retrieval run here, inside the timed call."""

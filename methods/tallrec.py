@@ -58,7 +58,8 @@ class TALLRec:
     def fit(self, data: FitData) -> None:
         self.backbone = load_backbone(self.ctx.llm, self.ctx.quant, self.ctx.device, cache=self.ctx.cache_dir,
                                       cpu_4bit_kernel=self.config.cpu_4bit_kernel, cpu_dtype=self.config.cpu_dtype)
-        self.backbone.model = add_lora(self.backbone.model, self.config.lora())
+        plan = self.backbone.plan  # on a GPU: checkpointing and the optimizer for large backbones
+        self.backbone.model = add_lora(self.backbone.model, self.config.lora(), plan.gradient_checkpointing)
         scorer = CtrScorer(self.backbone, self.config.prompt, data.catalog, data.protocol)
         self.scorer = scorer
         examples = scorer.prompts(data.train, self.ctx.cache_dir)
@@ -69,7 +70,7 @@ class TALLRec:
 
         evaluate = valid_auc if len(data.valid) else None
         self.result = train(self.backbone.model, examples, TrainSettings.from_config(self.config, self.ctx.max_epochs),
-                            seed=self.ctx.seed, pad_id=scorer.pad_id, evaluate=evaluate)
+                            seed=self.ctx.seed, pad_id=scorer.pad_id, evaluate=evaluate, plan=plan)
         scorer.invalidate()
 
     def score(self, samples: pd.DataFrame) -> np.ndarray:

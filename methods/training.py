@@ -16,10 +16,16 @@ AdamW, per-parameter-group rates and decay), warm-up, decay schedule and clippin
 The model call is pluggable (``forward``, as in :mod:`methods.prefix_cache`), and ``extra_inputs(rows)``
 may add per-sample keyword inputs (say a user vector for per-layer gates, or item embeddings placed
 at extra token positions) that the method's ``forward`` consumes.
+
+On a GPU the backbone's :class:`methods.device_plan.DevicePlan` (``train(..., plan=backbone.plan)``)
+may replace the optimizer by bitsandbytes' paged 8-bit AdamW and cap how many samples one
+forward/backward holds; without a plan (and on CPU, whose plan changes neither) training is as
+described above.
 """
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -144,8 +150,18 @@ class TrainResult:
     steps: int
 
 
+#: torch.utils.checkpoint without re-entrant autograd: torch's recommended mode, and it needs no
+#: input that requires grad (the frozen embeddings give none)
+CHECKPOINTING = {"use_reentrant": False}
+
+
 def add_lora(model, settings: LoraSettings, gradient_checkpointing: bool = False):
-    """Freeze the backbone and wrap it with LoRA adapters; returns the ``PeftModel``."""
+    """Freeze the backbone and wrap it with LoRA adapters; returns the ``PeftModel``.
+
+    ``gradient_checkpointing`` (``Backbone.plan.gradient_checkpointing``) recomputes each decoder
+    layer's activations in backward instead of keeping them, for 4-bit and full-precision backbones
+    alike; peft's LoRA layers hold no per-forward state, so the recomputation sees what the forward saw.
+    """
     from methods.backbone import quiet_bitsandbytes
 
     quiet_bitsandbytes()  # peft imports bitsandbytes
@@ -156,11 +172,32 @@ def add_lora(model, settings: LoraSettings, gradient_checkpointing: bool = False
     with warnings.catch_warnings():  # peft reads a transformers property deprecated in v5
         warnings.simplefilter("ignore", FutureWarning)
         if getattr(model, "is_loaded_in_4bit", False):
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                    gradient_checkpointing_kwargs=dict(CHECKPOINTING))
         else:
             for param in model.parameters():
                 param.requires_grad_(False)
+            if gradient_checkpointing:  # prepare_model_for_kbit_training does this for 4-bit models only
+                enable_checkpointing(model)
         return get_peft_model(model, config)
+
+
+def enable_checkpointing(model) -> None:
+    """Turn on activation (gradient) checkpointing of a transformers model, non-re-entrant."""
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x; the old name warns
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=dict(CHECKPOINTING))
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(CHECKPOINTING))
+
+
+def is_checkpointing(model) -> bool:
+    """Whether ``model`` (a transformers or peft model; False for anything else) recomputes activations."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # new name first: the old warns
+        value = getattr(model, name, None)
+        if value is not None:
+            return bool(value)
+    return False
 
 
 def micro_batches(lengths: np.ndarray, micro_batch_size: int, rng: np.random.Generator,
@@ -208,15 +245,22 @@ def _check_trainable_4bit(model) -> None:
                                "has no gradient: load the backbone with cpu_4bit_kernel='dequant' to train it")
 
 
-def build_optimizer(model, settings: TrainSettings):
+def build_optimizer(model, settings: TrainSettings, planned: str | None = None):
     """Adam or AdamW over the parameters that require grad, one group per ``param_groups`` key that
     matches (plus the rest at the global rate and decay).
 
+    ``planned`` is the device plan's optimizer (``Backbone.plan.optimizer``): ``"paged_adamw_8bit"``
+    builds bitsandbytes' ``PagedAdamW8bit`` over the same groups, rates and decays, where it computes
+    the settings' update rule (:func:`methods.device_plan.optimizer_class`); None keeps the settings'.
+
     Raises:
         ValueError: a ``param_groups`` key that names no trainable parameter (a typo would otherwise
-            leave the intended parameters at the global settings without a word).
+            leave the intended parameters at the global settings without a word), or an unknown
+            ``planned`` optimizer.
     """
     import torch
+
+    from methods.device_plan import optimizer_class
 
     members: dict[str | None, list] = {}
     for name, param in model.named_parameters():
@@ -231,8 +275,44 @@ def build_optimizer(model, settings: TrainSettings):
         spec = settings.param_groups.get(key, {}) if key is not None else {}
         groups.append({"params": params, "lr": settings.learning_rate * float(spec.get("lr_scale", 1.0)),
                        "weight_decay": float(spec.get("weight_decay", settings.weight_decay))})
-    kind = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
-    return kind(groups, lr=settings.learning_rate)
+    kind = optimizer_class(planned, settings.optimizer, [group["weight_decay"] for group in groups])
+    if kind == "bitsandbytes.optim.PagedAdamW8bit":
+        from methods.backbone import quiet_bitsandbytes
+
+        quiet_bitsandbytes()
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(groups, lr=settings.learning_rate)
+    if planned is not None:
+        print(f"[train] {planned} asked for by the device plan, but {settings.optimizer} with weight decay has no "
+              f"bitsandbytes equivalent (its 8-bit Adam decays decoupled): training with {kind}", file=sys.stderr)
+    return (torch.optim.AdamW if kind == "torch.optim.AdamW" else torch.optim.Adam)(groups, lr=settings.learning_rate)
+
+
+def micro_batch_ceiling(model, prompts: PromptSet, micro_batch_size: int, plan) -> int | None:
+    """How many samples one forward/backward may hold, when ``plan`` caps it below ``micro_batch_size``
+    for the longest training sequence (prefix + suffix + answer) through ``model``'s layers; None
+    otherwise (no plan, no GPU memory in it, or a model whose config names no layers and width)."""
+    if plan is None or plan.memory_gib is None:
+        return None
+    config = getattr(model, "config", None)
+    layers, hidden = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
+    if not layers or not hidden or not len(prompts):
+        return None
+    tokens = len(prompts.prefix_ids) + int(prompts.suffix_lengths().max()) + \
+        max(len(answer) for answer in prompts.table["answer_ids"])
+    checkpointing = is_checkpointing(model)
+    ceiling = plan.micro_batch_ceiling(tokens, int(layers), int(hidden), checkpointing)
+    if ceiling is None or ceiling >= micro_batch_size:
+        return None
+    print(f"[train] micro-batches of {micro_batch_size} samples of up to {tokens} tokens exceed what "
+          f"{plan.memory_gib:.0f} GiB holds; each runs in chunks of {ceiling} (same samples per optimizer step)",
+          file=sys.stderr)
+    return ceiling
+
+
+def _chunks(rows: np.ndarray, size: int | None) -> list[np.ndarray]:
+    return [rows] if size is None else [rows[i: i + size] for i in range(0, len(rows), size)]
 
 
 def _trainable_state(model) -> dict[str, Any]:
@@ -241,7 +321,7 @@ def _trainable_state(model) -> dict[str, Any]:
 
 def train(model, prompts: PromptSet, settings: TrainSettings, *, seed: int, pad_id: int,
           evaluate: Callable[[], float] | None = None, forward: ModelCall = call_model,
-          extra_inputs: ExtraInputs | None = None, progress: bool = True) -> TrainResult:
+          extra_inputs: ExtraInputs | None = None, progress: bool = True, plan=None) -> TrainResult:
     """Train the parameters of ``model`` that require grad on the labeled ``prompts``.
 
     Args:
@@ -250,6 +330,9 @@ def train(model, prompts: PromptSet, settings: TrainSettings, *, seed: int, pad_
             there is nothing to choose), the best adapter state is restored at the end, and training
             stops after ``patience`` validations without improvement.
         extra_inputs: per-sample keyword inputs for ``forward`` (see the module docstring).
+        plan: the backbone's :class:`methods.device_plan.DevicePlan`: its optimizer (see
+            :func:`build_optimizer`) and micro-batch ceiling (:func:`micro_batch_ceiling`: a micro-batch
+            above it runs in chunks, gradients accumulated, so the samples of each step stay the same).
 
     Raises:
         RuntimeError: a 4-bit layer cannot back-propagate (see ``backbone.use_cpu_4bit_kernel``).
@@ -263,7 +346,8 @@ def train(model, prompts: PromptSet, settings: TrainSettings, *, seed: int, pad_
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError("train(): the model has no parameter that requires grad (add adapters first)")
-    optimizer = build_optimizer(model, settings)
+    optimizer = build_optimizer(model, settings, plan.optimizer if plan is not None else None)
+    chunk = micro_batch_ceiling(model, prompts, settings.micro_batch_size, plan)
     lengths = prompts.suffix_lengths()
     accumulate = max(1, settings.batch_size // settings.micro_batch_size)
     steps_per_epoch = math.ceil(math.ceil(len(prompts) / settings.micro_batch_size) / accumulate)
@@ -305,7 +389,7 @@ def train(model, prompts: PromptSet, settings: TrainSettings, *, seed: int, pad_
             group = batches[first: first + accumulate]
             n_tokens = sum(len(prompts.table[int(r)]["answer_ids"]) for rows in group for r in rows)
             losses = []
-            for rows in group:
+            for rows in (part for micro in group for part in _chunks(micro, chunk)):
                 extra = extra_inputs(rows) if extra_inputs is not None else {}
                 loss, _ = answer_loss(model, prompts, rows, pad_id, forward, extra)
                 (loss / n_tokens).backward()

@@ -252,7 +252,7 @@ def test_shots_flag_replaces_the_sizes_of_methods_that_train():
     dry = subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite", "ci", "--methods",
                           "tallrec,deepfm,zeroshot-llm", "--shots", "8,full", "--dry-run"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
-    cells = {line for line in dry.splitlines() if line.startswith("movielens-100k/")}
+    cells = {line.split()[0] for line in dry.splitlines() if line.startswith("movielens-100k/")}
     assert cells == {f"movielens-100k/ctr/{m}/seed=1/shots={s}" for m in ("tallrec", "deepfm") for s in (8, "full")} | {
         "movielens-100k/ctr/zeroshot-llm/seed=1/shots=full", "movielens-100k/next_item/zeroshot-llm/seed=1/shots=full"}
 

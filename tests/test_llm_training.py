@@ -242,8 +242,8 @@ def test_the_loop_follows_the_schedule_and_clips_only_when_asked(tok, monkeypatc
     seen = {"lr": [], "clipped": 0}
     real_build, real_clip = methods.training.build_optimizer, torch.nn.utils.clip_grad_norm_
 
-    def recording_build(model, settings):
-        optimizer = real_build(model, settings)
+    def recording_build(model, settings, *planned):
+        optimizer = real_build(model, settings, *planned)
         optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen["lr"].append(opt.param_groups[0]["lr"]))
         return optimizer
 

@@ -47,20 +47,32 @@ from benchmarks.execution.timing import (
     timed_score,
 )
 from benchmarks.suite import Cell, Suite, config_dict, config_hash
+from methods.device_plan import determinism
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def apply_device_env(device: str) -> None:
+    """Set the environment the device plan asks for (:func:`methods.device_plan.determinism`: on CUDA
+    ``CUBLAS_WORKSPACE_CONFIG``), keeping a value already set. It must come before CUDA initializes,
+    which reads it: :func:`run_method` calls it first, before torch is imported in a cell's process."""
+    for name, value in determinism(device)[1]:
+        os.environ.setdefault(name, value)
+
+
 def seed_everything(seed: int, family: str, device: str = "cpu") -> None:
     """Seed Python, NumPy and (for methods with parameters) torch, CPU and CUDA.
 
-    On CPU, also torch's deterministic algorithms: otherwise ``index_put_(accumulate=True)``, the
+    Also torch's deterministic algorithms where the device plan says so
+    (:func:`methods.device_plan.determinism`). On CPU: otherwise ``index_put_(accumulate=True)``, the
     backward of indexing a tensor with repeated indices, adds from several threads with atomics once
     it has 32,768 elements, so a rerun's weights differ in the last bits whenever two threads hit one
-    element in another order (README, "Determinism"). Uninitialized memory is left as it is (the mode
-    would fill it with NaN, which only costs time). GPU runs keep torch's defaults.
+    element in another order (README, "Determinism"). On CUDA with ``CUBLAS_WORKSPACE_CONFIG``
+    (:func:`apply_device_env`), without which a deterministic cuBLAS call raises; an op that has no
+    deterministic CUDA kernel raises too, naming itself. Uninitialized memory is left as it is (the
+    mode would fill it with NaN, which only costs time).
     """
     random.seed(seed)
     np.random.seed(seed)
@@ -68,7 +80,8 @@ def seed_everything(seed: int, family: str, device: str = "cpu") -> None:
         import torch
 
         torch.manual_seed(seed)
-        if device == "cpu":
+        if determinism(device)[0]:
+            apply_device_env(device)
             torch.use_deterministic_algorithms(True)
             torch.utils.deterministic.fill_uninitialized_memory = False
 
@@ -96,6 +109,7 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
         budget=asdict(budget), device=suite.device, started_at=now(), provenance=registry.provenance(entry))
     timing = Timing()
     bundle: dict = {}
+    apply_device_env(suite.device)  # before anything initializes CUDA
     reset_peak_memory(suite.device)
     prompt_audit.reset()
     workdir = Path(tempfile.mkdtemp(prefix="cell-", dir=run_dir / "work"))
