@@ -135,3 +135,20 @@ def test_cpu_records_scale_to_a_larger_splits_size(monkeypatch):
     assert same == pytest.approx(estimate.PROCESS_S + 100 + 10)
     assert larger == pytest.approx(estimate.PROCESS_S + 1000 + 100)
     assert capped == pytest.approx(estimate.PROCESS_S + 1000 + 20)
+
+
+def test_peak_memory_is_the_device_plans(monkeypatch):
+    """One memory model: the plan's weights and activations, checkpointed for peft LoRA (tallrec) on a
+    7B backbone, not for the gated mixtures (ilora), whose gate state lives in the forward."""
+    from methods import device_plan
+
+    shape = gpu_cost.shape_of("meta-llama/Llama-2-7b-hf")
+    plan = device_plan.plan("cuda", "nf4", shape.parameters, 80.0)
+    tokens = round(200 * shape.token_ratio)
+    for method, checkpointing in (("tallrec", True), ("ilora", False)):
+        cost = _cell(monkeypatch, method=method, quant="nf4", gpu=gpu_cost.Device("h100", 800.0, 3000.0, 80.0, 0.5,
+                                                                                 False))
+        expected = plan.weights_gib + 4 * plan.activation_bytes(tokens, shape.layers, shape.hidden,
+                                                                checkpointing) / 2**30
+        assert cost.peak_gib == pytest.approx(expected), method
+    assert plan.gradient_checkpointing and plan.weights_gib < 5

@@ -12,8 +12,9 @@ Token counts come from the committed CPU records (``padding``: the tokens each p
 real prompts of the protocol), per (method, task): training tokens per sample and epoch (validation
 passes included), scoring tokens per scored sample (latency probes and order probes included), scaled
 by the backbone's ``token_ratio``. Sample counts: the cell's shots, the suite's caps, and split sizes
-from committed records, else from ``cost_model.yaml``'s dataset sizes. Peak memory: weights (NF4:
-half a byte a parameter plus statistics; bf16: two) plus saved activations of one micro-batch.
+from committed records, else from ``cost_model.yaml``'s dataset sizes. Peak memory: the device plan's
+(:mod:`methods.device_plan`): its weights plus the saved activations of one micro-batch (capped by its
+micro-batch ceiling; recomputed layer by layer where it checkpoints).
 
 Every constant is in ``cost_model.yaml``, and a committed ``results/gpu/<kind>/gpu_check.json``
 replaces the stated ceilings and MFU by measured ones.
@@ -32,6 +33,7 @@ import yaml
 
 from benchmarks.audits import order_probe
 from benchmarks.registry import ROOT
+from methods import device_plan
 
 MODEL_FILE = Path(__file__).with_name("cost_model.yaml")
 RESULTS = ROOT / "results"
@@ -53,6 +55,11 @@ class Shape:
         kv = self.hidden // self.heads * self.kv_heads
         per_layer = 2 * self.hidden * self.hidden + 2 * self.hidden * kv + 3 * self.hidden * self.intermediate
         return self.layers * per_layer + self.hidden * self.vocab
+
+    @property
+    def parameters(self) -> int:
+        """Every parameter: N plus the input embedding table (not tied to the head in these shapes)."""
+        return self.linear_parameters + self.hidden * self.vocab
 
     def weight_bytes(self, quant: str) -> float:
         """Bytes a forward pass reads: NF4 packs two weights a byte plus a 4-byte scale per 64 (double
@@ -207,9 +214,13 @@ def llm_cell(*, method: str, task: str, dataset: str, shots, llm: str, quant: st
     if config.get("scorer") == "generate":
         decode_s = math.ceil(n_eval / budget.batch_size) * config.get("max_new_tokens", 64) * read_s
     load_s = weights / (model()["load_gbps"] * 1e9)
+    plan = device_plan.plan("cuda", quant, shape.parameters, gpu.memory_gib)
+    checkpointing = plan.gradient_checkpointing and method == "tallrec"  # peft LoRA only (methods.device_plan)
     micro = config.get("micro_batch_size", 1)
-    activations = micro * per_train * shape.layers * shape.hidden * model()["activation_bytes"]
-    peak = (weights + activations) / 2**30
+    ceiling = plan.micro_batch_ceiling(round(per_train), shape.layers, shape.hidden, checkpointing) or micro
+    activations = min(micro, ceiling) * plan.activation_bytes(round(per_train), shape.layers, shape.hidden,
+                                                             checkpointing)
+    peak = plan.weights_gib + activations / 2**30
     parts = {"load": load_s, "train": train_s, "score": score_s + latency_s, "decode": decode_s,
              "n_train": n_train, "n_eval": n_eval, "epochs": epochs}
     return CellCost(load_s + train_s + score_s + latency_s + decode_s, peak, parts)
