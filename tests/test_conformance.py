@@ -23,7 +23,7 @@ the harness and the method records what the method is handed and watches what it
   (``METRICS[name].higher_is_better``) calls nothing and is allowed.
 
 Methods of the ``llm`` family that the ci suite does not list run on a tiny random Llama
-(``tests/llm_tiny.py``): the contract does not depend on the backbone, and the real SmolLM2 runs in
+(``benchmarks/perf/tiny_llama.py``): the contract does not depend on the backbone, and the real SmolLM2 runs in
 the ci suite (tallrec) and in the methods' own tests. They are marked slow.
 """
 from __future__ import annotations
@@ -145,7 +145,7 @@ def spied(cls: type, log: SpyLog) -> type:
 
 @functools.cache
 def _tiny_backbone() -> Path:
-    from tests.llm_tiny import tiny_backbone_dir
+    from benchmarks.perf.tiny_llama import tiny_backbone_dir
 
     return tiny_backbone_dir(Path(tempfile.mkdtemp(prefix="conformance-llm-")))
 

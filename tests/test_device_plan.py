@@ -15,9 +15,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 bnb = pytest.importorskip("bitsandbytes")
 
-from llm_tiny import tiny_backbone_dir, tiny_llama, tiny_tokenizer  # noqa: E402
 from test_llm_training import build, lora_state  # noqa: E402
 
+from benchmarks.perf.tiny_llama import tiny_backbone_dir, tiny_llama, tiny_tokenizer  # noqa: E402
 from methods import device_plan  # noqa: E402
 from methods.device_plan import plan  # noqa: E402
 from methods.training import (  # noqa: E402

@@ -15,11 +15,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from llm_tiny import tiny_backbone_dir, tiny_llama, tiny_tokenizer  # noqa: E402
 from test_ilora_scoring import TITLES, builder, catalog, independent_log_likelihood, samples  # noqa: E402
 
 from benchmarks import registry  # noqa: E402
 from benchmarks.contract import CellContext, FitData, ProtocolInfo, without_labels  # noqa: E402
+from benchmarks.perf.tiny_llama import tiny_backbone_dir, tiny_llama, tiny_tokenizer  # noqa: E402
 from methods.candidate_scoring import candidate_log_likelihoods  # noqa: E402
 from methods.ilora import ALL_PROJECTIONS  # noqa: E402
 from methods.training import TrainSettings, answer_loss, train  # noqa: E402

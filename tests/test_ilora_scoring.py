@@ -9,9 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("datasets")
 
-from llm_tiny import tiny_llama, tiny_tokenizer  # noqa: E402
-
 from benchmarks.contract import Catalog  # noqa: E402
+from benchmarks.perf.tiny_llama import tiny_llama, tiny_tokenizer  # noqa: E402
 from methods.candidate_scoring import (  # noqa: E402
     candidate_log_likelihoods,
     first_line,

@@ -13,8 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("bitsandbytes")
 
-from llm_tiny import tiny_backbone_dir  # noqa: E402
-
+from benchmarks.perf.tiny_llama import tiny_backbone_dir  # noqa: E402
 from methods import backbone as bb  # noqa: E402
 
 

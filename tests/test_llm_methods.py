@@ -9,11 +9,10 @@ import pytest
 
 pytest.importorskip("peft")
 
-from llm_tiny import tiny_backbone_dir  # noqa: E402
-
 from benchmarks import metrics, registry
 from benchmarks.contract import CellContext, FitData, without_labels  # noqa: E402
 from benchmarks.data import canonical, protocols  # noqa: E402
+from benchmarks.perf.tiny_llama import tiny_backbone_dir  # noqa: E402
 
 
 @pytest.fixture(scope="module")

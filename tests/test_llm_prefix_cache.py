@@ -5,8 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llm_tiny import tiny_llama  # noqa: E402
-
+from benchmarks.perf.tiny_llama import tiny_llama  # noqa: E402
 from methods.prefix_cache import encode_prefix, positions_from_mask, run_continuations  # noqa: E402
 
 

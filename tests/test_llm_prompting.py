@@ -7,9 +7,8 @@ import pytest
 
 pytest.importorskip("datasets")
 
-from llm_tiny import tiny_tokenizer  # noqa: E402
-
 from benchmarks.contract import Catalog  # noqa: E402
+from benchmarks.perf.tiny_llama import tiny_tokenizer  # noqa: E402
 from methods.prompting import CtrPrompts, PromptTemplate, chat_frame  # noqa: E402
 
 TITLES = ["Toy Story", "Heat", "Star Wars", "The Usual Suspects", "Fargo", "Babe"]

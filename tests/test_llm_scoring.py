@@ -6,9 +6,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llm_tiny import tiny_llama, tiny_tokenizer  # noqa: E402
 from test_llm_prompting import catalog  # noqa: E402
 
+from benchmarks.perf.tiny_llama import tiny_llama, tiny_tokenizer  # noqa: E402
 from methods.prompting import AnswerTokens, CtrPrompts, PromptTemplate  # noqa: E402
 from methods.scoring import generate_reference, length_buckets, yes_probability  # noqa: E402
 

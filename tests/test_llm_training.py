@@ -8,9 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from llm_tiny import tiny_llama, tiny_tokenizer  # noqa: E402
 from test_llm_prompting import catalog  # noqa: E402
 
+from benchmarks.perf.tiny_llama import tiny_llama, tiny_tokenizer  # noqa: E402
 from methods.prompting import CtrPrompts, PromptTemplate  # noqa: E402
 from methods.scoring import yes_probability  # noqa: E402
 from methods.training import LoraSettings, TrainSettings, add_lora, answer_loss, micro_batches, train  # noqa: E402

@@ -281,8 +281,7 @@ def test_a_lazy_backbone_is_loaded_only_on_a_cache_miss_and_must_be_the_expected
 
 def test_tiny_llama_runs_the_real_generator(catalog, tmp_path_factory):
     torch = pytest.importorskip("torch")
-    from llm_tiny import tiny_backbone_dir
-
+    from benchmarks.perf.tiny_llama import tiny_backbone_dir
     from methods.backbone import load_backbone
 
     backbone = load_backbone(str(tiny_backbone_dir(tmp_path_factory.mktemp("tiny-llm"))), quant="none")

@@ -9,11 +9,10 @@ import pytest
 
 pytest.importorskip("datasets")
 
-from llm_tiny import tiny_tokenizer  # noqa: E402
-
 from benchmarks.audits import prompts as prompt_audit  # noqa: E402
 from benchmarks.contract import without_labels  # noqa: E402
 from benchmarks.data import canonical, protocols  # noqa: E402
+from benchmarks.perf.tiny_llama import tiny_tokenizer  # noqa: E402
 from methods.next_item_prompts import NextItemPrompts, NextItemTemplate, with_training_candidates  # noqa: E402
 from methods.prompting import CtrPrompts, PromptTemplate  # noqa: E402
 from methods.reclora import RatedHistoryPrompts  # noqa: E402

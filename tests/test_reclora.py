@@ -14,11 +14,11 @@ import pytest
 
 pytest.importorskip("peft")
 import torch  # noqa: E402
-from llm_tiny import tiny_backbone_dir  # noqa: E402
 
 from benchmarks import metrics, registry
 from benchmarks.contract import CellContext, FitData, count_parameters, without_labels  # noqa: E402
 from benchmarks.data import canonical, protocols  # noqa: E402
+from benchmarks.perf.tiny_llama import tiny_backbone_dir  # noqa: E402
 
 SHOTS = 8
 
@@ -254,8 +254,7 @@ def test_tallrec_layout_shows_the_retrieved_items_as_liked_and_disliked_lists(ce
 
 def test_extra_inputs_reach_the_forward_with_the_rows_of_its_batch():
     """yes_probability reorders rows by length; each row's extra input must stay with its own prompt."""
-    from llm_tiny import tiny_llama, tiny_tokenizer
-
+    from benchmarks.perf.tiny_llama import tiny_llama, tiny_tokenizer
     from methods.prompting import PromptSet
     from methods.scoring import yes_probability
 

@@ -95,8 +95,7 @@ def test_title_embeddings_average_each_texts_own_hidden_states():
     torch = pytest.importorskip("torch")
     from types import SimpleNamespace
 
-    from llm_tiny import tiny_llama, tiny_tokenizer
-
+    from benchmarks.perf.tiny_llama import tiny_llama, tiny_tokenizer
     from methods.retrieval import title_embeddings
 
     tok = tiny_tokenizer()

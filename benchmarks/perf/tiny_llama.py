@@ -1,7 +1,8 @@
 """A tiny random Llama and a tiny trained tokenizer with a chat template: LLM plumbing without downloads.
 
 ``tiny_backbone_dir(path)`` saves both as a local model folder that ``methods.backbone.load_backbone``
-loads like any other (``--llm <path>``).
+loads like any other (``--llm <path>``): the tests' backbone, and ``gpu_check``'s stand-in where the
+offline SmolLM2 cannot be carried to a device. Its metrics mean nothing.
 """
 from __future__ import annotations
 
