@@ -9,7 +9,6 @@ estimated by the FLOP and byte model of :mod:`benchmarks.execution.gpu_cost`.
 """
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from functools import lru_cache
@@ -27,22 +26,19 @@ MAX_HOURS = 24.0
 def _calibration() -> dict[tuple, list[tuple[float, float, int, int]]]:
     """key -> [(train s, score s, samples scored, samples trained on)] for keys (method, task, shots,
     tiny), (method, task, tiny) and (family, tiny)."""
+    from benchmarks.execution.gpu_cost import committed_records
+
     table: dict[tuple, list] = defaultdict(list)
-    for path in sorted(RESULTS.rglob("records.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            timing = record.get("timing") or {}
-            if record.get("status") != "ok" or record.get("device") != "cpu" or timing.get("score_seconds") is None:
-                continue
-            point = (timing.get("train_seconds") or 0.0, timing["score_seconds"], record.get("n_eval") or 0,
-                     record.get("n_train") or 0)
-            tiny = bool(record.get("tiny"))
-            for key in ((record["method"], record["task"], str(record["shots"]), tiny),
-                        (record["method"], record["task"], tiny), (record.get("family"), tiny)):
-                table[key].append(point)
+    for record in committed_records(RESULTS):
+        timing = record.get("timing") or {}
+        if record.get("status") != "ok" or record.get("device") != "cpu" or timing.get("score_seconds") is None:
+            continue
+        point = (timing.get("train_seconds") or 0.0, timing["score_seconds"], record.get("n_eval") or 0,
+                 record.get("n_train") or 0)
+        tiny = bool(record.get("tiny"))
+        for key in ((record["method"], record["task"], str(record["shots"]), tiny),
+                    (record["method"], record["task"], tiny), (record.get("family"), tiny)):
+            table[key].append(point)
     return dict(table)
 
 

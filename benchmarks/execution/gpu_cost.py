@@ -25,6 +25,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -117,31 +118,37 @@ def train_flops(shape: Shape, tokens: float, seq: float) -> float:
     return tokens * (4 * shape.linear_parameters + 12 * shape.layers * seq * shape.hidden)
 
 
+def committed_records(root: Path | None = None) -> Iterator[dict]:
+    """Every record of every ``records.jsonl`` under ``root`` (default: the committed ``results/``),
+    in file order; a line that does not parse is skipped (an estimate reads what it can)."""
+    for path in sorted((root or RESULTS).rglob("records.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
 @lru_cache(maxsize=1)
 def token_counts() -> dict[tuple[str, str], tuple[float, float]]:
     """(method, task) -> (training tokens per sample and epoch, scoring tokens per scored sample), the
     medians over committed CPU records that counted their tokens (SmolLM2's tokenizer)."""
     found: dict[tuple, list] = defaultdict(list)
-    for path in sorted(RESULTS.rglob("records.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            padding, budget = record.get("padding") or {}, record.get("budget") or {}
-            if record.get("status") != "ok" or "score" not in padding or not record.get("n_eval"):
-                continue
-            epochs = (record.get("method_config") or {}).get("epochs") or 1
-            if budget.get("max_epochs"):
-                epochs = min(epochs, budget["max_epochs"])
-            n_eval = record["n_eval"]
-            scored = n_eval + (budget.get("latency_samples") or 0) + (budget.get("warmup") or 0)
-            if order_probe.applies(record["task"], record.get("family")):
-                scored += len(order_probe.ORDERINGS) * min(budget.get("order_probe_samples") or 0, n_eval)
-            fit = padding.get("fit", {}).get("tokens", 0) / max(1, (record.get("n_train") or 0) * epochs)
-            found[(record["method"], record["task"])].append((fit, padding["score"]["tokens"] / scored))
+    for record in committed_records():
+        padding, budget = record.get("padding") or {}, record.get("budget") or {}
+        if record.get("status") != "ok" or "score" not in padding or not record.get("n_eval"):
+            continue
+        epochs = (record.get("method_config") or {}).get("epochs") or 1
+        if budget.get("max_epochs"):
+            epochs = min(epochs, budget["max_epochs"])
+        n_eval = record["n_eval"]
+        scored = n_eval + (budget.get("latency_samples") or 0) + (budget.get("warmup") or 0)
+        if order_probe.applies(record["task"], record.get("family")):
+            scored += len(order_probe.ORDERINGS) * min(budget.get("order_probe_samples") or 0, n_eval)
+        fit = padding.get("fit", {}).get("tokens", 0) / max(1, (record.get("n_train") or 0) * epochs)
+        found[(record["method"], record["task"])].append((fit, padding["score"]["tokens"] / scored))
     return {key: (statistics.median(p[0] for p in points), statistics.median(p[1] for p in points))
-            for key, points in found.items()}
+        for key, points in found.items()}
 
 
 def _tokens(method: str, task: str) -> tuple[float, float] | None:
@@ -158,19 +165,14 @@ def _tokens(method: str, task: str) -> tuple[float, float] | None:
 def recorded_sizes() -> dict[tuple[str, str], dict[str, int]]:
     """(dataset, task) -> {"train": n, "test": n} from committed records of whole splits."""
     sizes: dict[tuple, dict] = defaultdict(dict)
-    for path in sorted(RESULTS.rglob("records.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("status") != "ok" or record.get("tiny"):
-                continue
-            key = (record["dataset"], record["task"])
-            if record.get("shots") == "full" and record.get("n_train"):
-                sizes[key]["train"] = max(sizes[key].get("train", 0), record["n_train"])
-            if not (record.get("budget") or {}).get("eval_cap") and record.get("n_eval"):
-                sizes[key]["test"] = max(sizes[key].get("test", 0), record["n_eval"])
+    for record in committed_records():
+        if record.get("status") != "ok" or record.get("tiny"):
+            continue
+        key = (record["dataset"], record["task"])
+        if record.get("shots") == "full" and record.get("n_train"):
+            sizes[key]["train"] = max(sizes[key].get("train", 0), record["n_train"])
+        if not (record.get("budget") or {}).get("eval_cap") and record.get("n_eval"):
+            sizes[key]["test"] = max(sizes[key].get("test", 0), record["n_eval"])
     return dict(sizes)
 
 
