@@ -204,8 +204,9 @@ def _main(argv: list[str] | None) -> int:
     configs = suites.resolve_configs(suite)
     print(estimate.describe(todo, suite, configs), flush=True)
     if args.dry_run:
+        registered = registry.discover()
         for cell in todo:
-            print(estimate.cell_line(cell, suite, configs))
+            print(estimate.cell_line(cell, suite, configs, registered))
         print(f"{len(todo)} cells")
         print("\n".join(suites.settings_lines(suite, configs)))
         return 0
@@ -288,7 +289,8 @@ def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: 
           f"{len(todo)} cells, {len(todo) - len(pending)} already finished", flush=True)
     resume_hint = f"python -m benchmarks.run --resume {run_dir}"
 
-    estimated = {cell.key: estimate.cell_estimate(cell, suite, configs)[0] for cell in pending}
+    registered = registry.discover()
+    estimated = {cell.key: estimate.cell_estimate(cell, suite, configs, registered)[0] for cell in pending}
     progress = tqdm(total=len(pending), unit="cell", dynamic_ncols=True)
     kept = len(todo) - len(pending)
     options = dict(options or {})

@@ -68,7 +68,8 @@ def cell_seconds(method: str, family: str, task: str, shots, tiny: bool, eval_ca
     return None
 
 
-def cell_estimate(cell, suite, configs: dict | None = None) -> tuple[float | None, float | None]:
+def cell_estimate(cell, suite, configs: dict | None = None,
+                  registered: dict | None = None) -> tuple[float | None, float | None]:
     """(estimated wall seconds, peak GiB or None) of one cell on the suite's device; (None, None) when
     nothing calibrates it. On CUDA, LLM cells follow the FLOP and byte model of
     :mod:`benchmarks.execution.gpu_cost` (their config from ``configs``, as
@@ -77,7 +78,7 @@ def cell_estimate(cell, suite, configs: dict | None = None) -> tuple[float | Non
     from benchmarks import suite as suites
     from benchmarks.execution import gpu_cost
 
-    family = discover()[cell.method].family
+    family = (registered or discover())[cell.method].family
     tiny = next(d.tiny for d in suite.datasets if d.name == cell.dataset)
     if suite.device.startswith("cuda") and family == "llm":
         spec = suite.methods[cell.method]
@@ -95,11 +96,11 @@ def total_seconds(cells: list, suite, configs: dict | None = None, family: str |
     """(estimated seconds of the cells that have an estimate, number of cells without one), of the
     cells of ``family`` only when given."""
     known, unknown = 0.0, 0
-    registered = discover()
+    registered = discover()  # once: it reads every method file
     for cell in cells:
         if family is not None and registered[cell.method].family != family:
             continue
-        seconds, _peak = cell_estimate(cell, suite, configs)
+        seconds, _peak = cell_estimate(cell, suite, configs, registered)
         if seconds is None:
             unknown += 1
         else:
@@ -125,9 +126,10 @@ def describe(cells: list, suite, configs: dict | None = None) -> str:
             f"(median of committed 2-core records per method, task and shots{missing})")
 
 
-def cell_line(cell, suite, configs: dict | None = None) -> str:
-    """``--dry-run``'s line for a cell: its key and its estimate."""
-    seconds, peak = cell_estimate(cell, suite, configs)
+def cell_line(cell, suite, configs: dict | None = None, registered: dict | None = None) -> str:
+    """``--dry-run``'s line for a cell: its key and its estimate (``registered``: :func:`discover`'s
+    result, read once by the caller for many cells)."""
+    seconds, peak = cell_estimate(cell, suite, configs, registered)
     if seconds is None:
         return f"{cell.key}    (no estimate)"
     when = f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds:.0f} s"
