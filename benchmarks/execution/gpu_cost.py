@@ -110,12 +110,20 @@ def device(kind: str | None = None) -> Device:
     return Device(name, spec["bf16_tflops"], spec["memory_gbps"], spec["memory_gib"], model()["mfu"], False)
 
 
+def counted_flops(n_linear: float, layers: int, width: int, tokens: float, seq: float, train: bool) -> float:
+    """The module docstring's count for ``tokens`` tokens of sequences of ``seq``: forward 2N + 4·L·s·d
+    per token, a QLoRA training step twice that again for the base (4N) and three times for attention.
+    :mod:`benchmarks.perf.gpu_check` measures its MFU against the same count."""
+    attention = 4 * layers * seq * width
+    return tokens * (4 * n_linear + 3 * attention if train else 2 * n_linear + attention)
+
+
 def forward_flops(shape: Shape, tokens: float, seq: float) -> float:
-    return tokens * (2 * shape.linear_parameters + 4 * shape.layers * seq * shape.hidden)
+    return counted_flops(shape.linear_parameters, shape.layers, shape.hidden, tokens, seq, train=False)
 
 
 def train_flops(shape: Shape, tokens: float, seq: float) -> float:
-    return tokens * (4 * shape.linear_parameters + 12 * shape.layers * seq * shape.hidden)
+    return counted_flops(shape.linear_parameters, shape.layers, shape.hidden, tokens, seq, train=True)
 
 
 def committed_records(root: Path | None = None) -> Iterator[dict]:

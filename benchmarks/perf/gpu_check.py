@@ -136,9 +136,10 @@ def linear_parameters(model) -> int:
 
 
 def qlora_step_flops(n_linear: int, tokens: int, layers: int, seq: int, width: int) -> float:
-    """Counted FLOPs of one QLoRA training step (see the module docstring)."""
-    attention = 4 * layers * seq * width * tokens
-    return 4 * n_linear * tokens + 3 * attention
+    """Counted FLOPs of one QLoRA training step (see the module docstring): the cost model's count."""
+    from benchmarks.execution.gpu_cost import counted_flops
+
+    return counted_flops(n_linear, layers, width, tokens, seq, train=True)
 
 
 def build_nf4_model(shape: str, device: str):
