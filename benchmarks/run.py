@@ -99,6 +99,9 @@ def apply_overrides(raw: dict, args: argparse.Namespace) -> dict:
             raw["seeds"] = [int(s) for s in _csv(args.seeds, "--seeds")]
         except ValueError:
             raise CliError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from None
+        # the flag names every cell's seeds, those of methods that run on fewer of the suite's included
+        raw["methods"] = {m: {k: v for k, v in spec.items() if k != "seeds"} if isinstance(spec, dict) else spec
+                          for m, spec in _methods_mapping(raw).items()}
     if args.shots is not None:
         shots = [s if s == "full" else _positive_int(s, "--shots") for s in _csv(args.shots, "--shots")]
         registered = registry.discover()

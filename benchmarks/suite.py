@@ -10,7 +10,7 @@ import copy
 import re
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class Budget:
     warmup: int = 2                 # samples scored before timing starts
     cell_timeout_s: int = 3600      # a cell running longer is stopped and recorded as failed
     order_probe_samples: int = 200  # LLM next_item: test samples re-scored per candidate order (audits/order_probe.py)
+    gpu_hours: float | None = None  # the stated cost budget of the LLM cells on one GPU, checked by --dry-run
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class DatasetEntry:
     name: str
     protocols: tuple[str, ...] = ("ctr", "next_item")
     tiny: bool = False              # the card's tiny user subset (the ci suite)
+    eval_cap: int | None = None     # this dataset's test cap, replacing the budget's (None: the budget's)
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,12 @@ class MethodEntry:
     config: dict = field(default_factory=dict)   # overrides of the method's configs/<name>.yaml
     shots: tuple[int | str, ...] = ("full",)                     # few-shot training sizes (ints or "full")
     datasets: tuple[str, ...] = ()      # run only on these of the suite's datasets (empty: on all of them)
+    seeds: tuple[int, ...] = ()         # run only these of the suite's seeds (empty: all of them)
     per_dataset: dict = field(default_factory=dict)   # dataset -> overrides layered over `config` there (a key
     #                                     replaces the whole value, nested mappings included)
     llm: str = ""                       # this method's backbone; "" = the suite's `llm` (--llm sets both)
     sources: dict = field(default_factory=dict)   # setting -> where its value comes from, printed by --dry-run;
-    #                                     a setting is a config key, "shots" or "llm", or "key@dataset";
+    #                                     a setting is a config key, "shots", "llm" or "seeds", or "key@dataset";
     #                                     "commit" names the repository and commit the lines refer to
 
     def config_for(self, dataset: str) -> dict:
@@ -89,6 +92,19 @@ class Suite:
 
     def digest(self) -> str:
         return canonical_hash(asdict(self))
+
+    def budget_for(self, dataset: str) -> Budget:
+        """The budget of ``dataset``'s cells: the suite's, with the dataset entry's ``eval_cap`` when it sets one."""
+        entry = next((d for d in self.datasets if d.name == dataset), None)
+        if entry is None or entry.eval_cap is None:
+            return self.budget
+        return replace(self.budget, eval_cap=entry.eval_cap)
+
+    def seeds_for(self, method: str, trains: bool = True) -> tuple[int, ...]:
+        """The seeds ``method`` runs with: its entry's, else the suite's; the first only when it does
+        not train (its other seeds would repeat the same measurement)."""
+        seeds = self.methods[method].seeds or self.seeds
+        return seeds if trains else seeds[:1]
 
 
 @dataclass(frozen=True)
@@ -200,6 +216,16 @@ def _check_values(suite: Suite, where: str) -> None:
         value = getattr(budget, key)
         if value is not None and value < low:
             raise SuiteError(f"{where}.budget.{key}: {value}; expected an integer >= {low}")
+    if budget.gpu_hours is not None and not budget.gpu_hours > 0:
+        raise SuiteError(f"{where}.budget.gpu_hours: {budget.gpu_hours}; expected a positive number of hours")
+    for i, entry in enumerate(suite.datasets):
+        if entry.eval_cap is not None and entry.eval_cap < 1:
+            raise SuiteError(f"{where}.datasets[{i}].eval_cap: {entry.eval_cap}; expected an integer >= 1")
+    for name, spec in suite.methods.items():
+        outside = sorted(set(spec.seeds) - set(suite.seeds))
+        if outside or len(set(spec.seeds)) != len(spec.seeds):
+            raise SuiteError(f"{where}.methods.{name}.seeds: {list(spec.seeds)}; expected distinct seeds among "
+                             f"the suite's {list(suite.seeds)}")
 
 
 def _family_defaults(raw: Any, where: str) -> dict[str, MethodEntry]:
@@ -295,12 +321,12 @@ def resolve_configs(suite: Suite) -> dict[str, tuple[str, dict]]:
         for key, (overrides, at) in variants.items():
             as_dict = _resolved(name, overrides, at)
             out[key] = (config_hash(name, as_dict), as_dict)
-        settings = {*out[name][1], "shots", "llm", "commit"}
+        settings = {*out[name][1], "shots", "llm", "seeds", "commit"}
         for source in spec.sources:
             setting, _, dataset = str(source).partition("@")
             if setting not in settings or (dataset and dataset not in spec.per_dataset):
                 raise SuiteError(f"{where}.sources: {source!r} names no setting of {name} (a config key, shots, "
-                                 "llm or commit, with @dataset only for a dataset listed in per_dataset)")
+                                 "llm, seeds or commit, with @dataset only for a dataset listed in per_dataset)")
     return out
 
 
@@ -309,11 +335,12 @@ def settings_lines(suite: Suite, configs: dict[str, tuple[str, dict]]) -> list[s
     the suite gives it, each with its source where the suite names one (``# file:line``)."""
     lines = []
     for name, spec in suite.methods.items():
-        if not (spec.config or spec.per_dataset or spec.sources or spec.llm):
+        if not (spec.config or spec.per_dataset or spec.sources or spec.llm or spec.seeds):
             continue
         llm = spec.llm or suite.llm
         lines.append(f"{name}: config {configs[name][0][:10]}" + (f", backbone {llm}" if llm else "")
                      + (f", on {', '.join(spec.datasets)} only" if spec.datasets else "")
+                     + (f", seeds {', '.join(map(str, spec.seeds))} only" if spec.seeds else "")
                      + (f"; sources at {spec.sources['commit']}" if "commit" in spec.sources else ""))
         given = [(key, key, value) for key, value in spec.config.items()]
         given += [(key, key, value) for key, value in (("shots", list(spec.shots)), ("llm", llm))
@@ -409,8 +436,7 @@ def cells(suite: Suite) -> list[Cell]:
             for method, spec in suite.methods.items():
                 if task not in registered[method].tasks or (spec.datasets and entry.name not in spec.datasets):
                     continue
-                seeds = suite.seeds if registered[method].trains else suite.seeds[:1]
                 for shots in spec.shots:
-                    for seed in seeds:
+                    for seed in suite.seeds_for(method, registered[method].trains):
                         out.append(Cell(entry.name, task, method, seed, shots))
     return out

@@ -72,6 +72,9 @@ def test_token_counts_and_split_sizes_come_from_committed_records(tmp_path, monk
             "n_eval": 9450, "budget": {}, "padding": None}
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "records.jsonl").write_text("\n".join(json.dumps(r) for r in (record, full)) + "\n")
+    local = tmp_path / "runs" / "quick-20261206-000000"  # a run folder of this machine: not committed, not read
+    local.mkdir(parents=True)
+    (local / "records.jsonl").write_text(json.dumps({**full, "n_train": 10**9, "n_eval": 10**9}) + "\n")
     monkeypatch.setattr(gpu_cost, "RESULTS", tmp_path)
     for cached in (gpu_cost.token_counts, gpu_cost.recorded_sizes):
         cached.cache_clear()
@@ -81,7 +84,7 @@ def test_token_counts_and_split_sizes_come_from_committed_records(tmp_path, monk
         assert gpu_cost.split_sizes("movielens-100k", "ctr") == {"train": 75_599, "test": 9450}
         scaled = gpu_cost.split_sizes("movielens-1m", "ctr")  # from cost_model.yaml's size
         assert scaled == {"train": int(0.8 * (1_000_209 - 5 * 6040)), "test": int(0.1 * (1_000_209 - 5 * 6040))}
-        assert gpu_cost.split_sizes("amazon-books", "ctr") is None
+        assert gpu_cost.split_sizes("no-such-card", "ctr") is None
     finally:
         for cached in (gpu_cost.token_counts, gpu_cost.recorded_sizes):
             cached.cache_clear()
@@ -152,3 +155,33 @@ def test_peak_memory_is_the_device_plans(monkeypatch):
                                                                 checkpointing) / 2**30
         assert cost.peak_gib == pytest.approx(expected), method
     assert plan.gradient_checkpointing and plan.weights_gib < 5
+
+
+@pytest.mark.parametrize("suite, stated", [("paper", 48), ("full", 200)])
+def test_the_gpu_suites_llm_cells_fit_their_stated_budget_at_7b(suite, stated):
+    """#22's targets: `paper` within 48 and `full` within 200 GPU-hours on one H100 at a 7B backbone,
+    every LLM cell estimated. A suite edit that adds cells past the budget fails here."""
+    from benchmarks import suite as suites
+    from benchmarks.execution import estimate
+    from benchmarks.run import apply_overrides, build_parser
+
+    raw = suites.read_suite_file(suites.SUITES_DIR / f"{suite}.yaml")
+    parsed = suites.parse(apply_overrides(raw, build_parser().parse_args(["--llm", "meta-llama/Llama-2-7b-hf"])),
+                          suite)
+    assert parsed.budget.gpu_hours == stated
+    cells = suites.cells(parsed)
+    seconds, unknown = estimate.total_seconds(cells, parsed, suites.resolve_configs(parsed), family="llm")
+    assert unknown == 0
+    assert 0.25 * stated < seconds / 3600 <= stated
+    line = estimate.describe(cells, parsed, suites.resolve_configs(parsed))
+    assert f"is within the suite's stated budget of {stated}" in line
+
+
+def test_the_budget_check_says_over_when_the_estimate_passes_it():
+    from benchmarks.execution import estimate
+
+    stated = SimpleNamespace(budget=SimpleNamespace(gpu_hours=10.0))
+    assert "is OVER the suite's stated budget of 10" in estimate.budget_check(11 * 3600, 0, stated)
+    assert "is within" in estimate.budget_check(9 * 3600, 0, stated)
+    assert "incomplete: 2 cells" in estimate.budget_check(9 * 3600, 2, stated)
+    assert estimate.budget_check(9 * 3600, 0, SimpleNamespace(budget=SimpleNamespace(gpu_hours=None))) == ""

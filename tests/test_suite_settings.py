@@ -93,3 +93,33 @@ def test_the_dry_run_prints_the_settings_with_their_sources():
     assert "meta_loras = 16    # help_lorec.txt:56" in out
     raw = yaml.safe_load((suite_schema.SUITES_DIR / "paper.yaml").read_text())
     assert raw["methods"]["reclora"]["sources"]["meta_loras"] in out
+
+
+def test_a_method_runs_on_its_own_seeds_and_the_seeds_flag_names_every_cells():
+    raw = {**_raw(seeds=[1]), "seeds": [1, 2, 3]}
+    suite = suite_schema.parse(raw, "test")
+    seeds = {m: sorted(c.seed for c in suite_schema.cells(suite) if c.method == m and c.dataset == "movielens-1m"
+                       and c.task == "ctr") for m in ("pop", "tallrec")}
+    assert seeds == {"pop": [1, 2, 3], "tallrec": [1]}
+    assert "tallrec: config" in "\n".join(suite_schema.settings_lines(suite, suite_schema.resolve_configs(suite)))
+    flagged = suite_schema.parse(apply_overrides(raw, build_parser().parse_args(["--seeds", "4,5"])), "t")
+    assert sorted({c.seed for c in suite_schema.cells(flagged) if c.method == "tallrec"}) == [4, 5]
+
+
+@pytest.mark.parametrize("seeds", [[4], [1, 1]])
+def test_a_methods_seeds_must_be_distinct_seeds_of_the_suite(seeds):
+    with pytest.raises(suite_schema.SuiteError, match="methods.tallrec.seeds"):
+        suite_schema.parse({**_raw(seeds=seeds), "seeds": [1, 2, 3]}, "test")
+
+
+def test_a_datasets_eval_cap_replaces_the_budgets_there_only():
+    raw = {**_raw(), "datasets": ["movielens-100k", {"name": "movielens-1m", "eval_cap": 500}],
+           "budget": {"eval_cap": 2000}}
+    suite = suite_schema.parse(raw, "test")
+    assert suite.budget_for("movielens-1m").eval_cap == 500
+    assert suite.budget_for("movielens-100k").eval_cap == 2000
+    assert suite.budget_for("movielens-1m").batch_size == suite.budget.batch_size
+    with pytest.raises(suite_schema.SuiteError, match=r"datasets\[1\].eval_cap"):
+        suite_schema.parse({**raw, "datasets": ["movielens-100k", {"name": "movielens-1m", "eval_cap": 0}]}, "t")
+    with pytest.raises(suite_schema.SuiteError, match="budget.gpu_hours"):
+        suite_schema.parse({**raw, "budget": {"gpu_hours": 0}}, "t")

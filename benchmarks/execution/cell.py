@@ -100,7 +100,7 @@ def run_method(suite: Suite, cell: Cell, run_dir: Path, run_id: str, confine: bo
     card = load_card(cell.dataset)
     dataset_entry = next(d for d in suite.datasets if d.name == cell.dataset)
     spec = suite.methods[cell.method]
-    budget = suite.budget
+    budget = suite.budget_for(cell.dataset)
     record = records.CellRecord(
         schema=records.SCHEMA_VERSION, run_id=run_id, suite=suite.name, suite_version=suite.version,
         cell=cell.key, dataset=cell.dataset, tiny=dataset_entry.tiny, task=cell.task, protocol_hash="",

@@ -80,16 +80,17 @@ def cell_estimate(cell, suite, configs: dict | None = None,
 
     family = (registered or discover())[cell.method].family
     tiny = next(d.tiny for d in suite.datasets if d.name == cell.dataset)
+    budget = suite.budget_for(cell.dataset)
     if suite.device.startswith("cuda") and family == "llm":
         spec = suite.methods[cell.method]
         config = (configs or {}).get(suites.config_key(cell.method, cell.dataset, spec), (None, {}))[1]
         cost = gpu_cost.llm_cell(method=cell.method, task=cell.task, dataset=cell.dataset, shots=cell.shots,
-                                 llm=spec.llm or suite.llm, quant=suite.quant, config=config, budget=suite.budget,
+                                 llm=spec.llm or suite.llm, quant=suite.quant, config=config, budget=budget,
                                  gpu=gpu_cost.device())
         return (PROCESS_S + cost.seconds, cost.peak_gib) if cost else (None, None)
     sizes = None if tiny else gpu_cost.split_sizes(cell.dataset, cell.task)
-    return cell_seconds(cell.method, family, cell.task, cell.shots, tiny, suite.budget.eval_cap,
-                        suite.budget.order_probe_samples, sizes), None
+    return cell_seconds(cell.method, family, cell.task, cell.shots, tiny, budget.eval_cap,
+                        budget.order_probe_samples, sizes), None
 
 
 def total_seconds(cells: list, suite, configs: dict | None = None, family: str | None = None) -> tuple[float, int]:
@@ -119,11 +120,24 @@ def describe(cells: list, suite, configs: dict | None = None) -> str:
         return (f"{len(cells)} cells on {suite.device}; estimated {llm / 3600:.1f} GPU-hours for the LLM cells on "
                 f"{gpu_cost.describe_device(gpu_cost.device())} (a FLOP and byte model over the token counts of "
                 f"committed records: benchmarks/execution/gpu_cost.py) and at most {(seconds - llm) / 3600:.1f} h "
-                f"for the others (their CPU records scaled to each split's size){missing}")
+                f"for the others (their CPU records scaled to each split's size){missing}"
+                + budget_check(llm, unknown, suite))
     if unknown == len(cells):
         return f"{len(cells)} cells; no CPU cost estimate (no committed 2-core record calibrates these cells)"
     return (f"{len(cells)} cells; estimated CPU wall time {seconds / 3600:.1f} h "
             f"(median of committed 2-core records per method, task and shots{missing})")
+
+
+def budget_check(llm_seconds: float, unknown: int, suite) -> str:
+    """The clause of :func:`describe` that sets the LLM cells' estimate against the suite's stated
+    ``budget.gpu_hours`` ("" when the suite states none)."""
+    stated = suite.budget.gpu_hours
+    if stated is None:
+        return ""
+    hours = llm_seconds / 3600
+    verdict = "within" if hours <= stated else "OVER"
+    partial = f" (incomplete: {unknown} cells have no estimate)" if unknown else ""
+    return f"; {hours:.1f} GPU-hours is {verdict} the suite's stated budget of {stated:g}{partial}"
 
 
 def cell_line(cell, suite, configs: dict | None = None, registered: dict | None = None) -> str:

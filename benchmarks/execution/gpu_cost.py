@@ -128,8 +128,13 @@ def train_flops(shape: Shape, tokens: float, seq: float) -> float:
 
 def committed_records(root: Path | None = None) -> Iterator[dict]:
     """Every record of every ``records.jsonl`` under ``root`` (default: the committed ``results/``),
-    in file order; a line that does not parse is skipped (an estimate reads what it can)."""
-    for path in sorted((root or RESULTS).rglob("records.jsonl")):
+    in file order; a line that does not parse is skipped (an estimate reads what it can). Run folders
+    under ``<root>/runs/`` (where runs are written, ignored by git) are not read: an estimate depends
+    on the committed results only, not on what ran on this machine."""
+    root = root or RESULTS
+    for path in sorted(root.rglob("records.jsonl")):
+        if path.relative_to(root).parts[0] == "runs":
+            continue
         for line in path.read_text().splitlines():
             try:
                 yield json.loads(line)
