@@ -185,3 +185,49 @@ def test_the_budget_check_says_over_when_the_estimate_passes_it():
     assert "is within" in estimate.budget_check(9 * 3600, 0, stated)
     assert "incomplete: 2 cells" in estimate.budget_check(9 * 3600, 2, stated)
     assert estimate.budget_check(9 * 3600, 0, SimpleNamespace(budget=SimpleNamespace(gpu_hours=None))) == ""
+
+
+def _timed_record(cpu: str, train_s: float) -> dict:
+    return {"status": "ok", "device": "cpu", "method": "sasrec", "task": "next_item", "family": "conventional",
+            "shots": "full", "tiny": False, "n_train": 1000, "n_eval": 100, "host": {"cpu": cpu},
+            "timing": {"train_seconds": train_s, "score_seconds": 0.0}}
+
+
+@pytest.fixture()
+def two_machines(tmp_path, monkeypatch):
+    """Committed results with one run folder per CPU model, each one sasrec record."""
+    from benchmarks.execution import estimate
+
+    for folder, cpu, train_s in (("amd", "AMD EPYC", 100.0), ("intel", "Intel Xeon", 40.0)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "records.jsonl").write_text(json.dumps(_timed_record(cpu, train_s)) + "\n")
+    monkeypatch.setattr(estimate, "RESULTS", tmp_path)
+    estimate._calibration.cache_clear()
+    yield tmp_path
+    estimate._calibration.cache_clear()
+
+
+def _train_estimate() -> float:
+    from benchmarks.execution import estimate
+
+    return estimate.cell_seconds("sasrec", "conventional", "next_item", "full", False, None) - estimate.PROCESS_S
+
+
+def test_estimates_prefer_records_of_this_machines_cpu_model(two_machines, monkeypatch):
+    from benchmarks.execution import estimate
+
+    monkeypatch.setattr(estimate, "_this_cpu", lambda: "Intel Xeon")
+    assert _train_estimate() == pytest.approx(40.0)
+    monkeypatch.setattr(estimate, "_this_cpu", lambda: "AMD EPYC")
+    assert _train_estimate() == pytest.approx(100.0)
+    monkeypatch.setattr(estimate, "_this_cpu", lambda: "a third CPU")  # no record of its own: every record
+    assert _train_estimate() == pytest.approx(70.0)
+
+
+def test_a_run_is_checked_against_the_estimate_made_without_its_own_records(two_machines, monkeypatch):
+    from benchmarks.execution import estimate
+
+    monkeypatch.setattr(estimate, "_this_cpu", lambda: "Intel Xeon")
+    with estimate.calibrated_without(two_machines / "intel"):
+        assert _train_estimate() == pytest.approx(100.0)  # the other machine's record is all that is left
+    assert _train_estimate() == pytest.approx(40.0)

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 from benchmarks import registry
 from benchmarks.registry import ROOT
+from methods.cpu_dtype import cpu_model
 
 PACKAGES = ("llmrec-bench", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "recbole",
             "numpy", "pandas", "pyarrow", "datasets", "scikit-learn", "tabulate", "gguf", "ray")
@@ -21,16 +22,6 @@ def _git(*args: str) -> str | None:
                               check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def versions() -> dict[str, str | None]:

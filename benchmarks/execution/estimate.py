@@ -1,45 +1,74 @@
 """What a suite will cost before it runs, printed by every run and dry run.
 
-CPU estimates are calibrated on the committed records under ``results/`` (measured on the 2-core
-machine): per cell, the median training seconds of the same (method, task, shots), else of the same
+CPU estimates are calibrated on the committed records under ``results/`` (measured on 2-core
+machines): per cell, the median training seconds of the same (method, task, shots), else of the same
 (method, task), else of the family, plus its scoring seconds scaled by the suite's evaluation cap
 against the record's number of evaluated samples, plus the order probe's re-scoring at the same rate
-(LLM next_item cells), plus :data:`PROCESS_S` for the cell's process start. On CUDA, LLM cells are
-estimated by the FLOP and byte model of :mod:`benchmarks.execution.gpu_cost`.
+(LLM next_item cells), plus :data:`PROCESS_S` for the cell's process start. Records made on this
+machine's CPU model (``host.cpu``) are preferred where a key has any: 2-core machines of different
+models differ by up to 2x on the LLM cells (an AMD EPYC computes them in float32 and 4x-faster bf16;
+an Intel Xeon with AMX has a 7x-faster bf16), so a median over both would fit neither. On CUDA, LLM
+cells are estimated by the FLOP and byte model of :mod:`benchmarks.execution.gpu_cost`.
 """
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 
 from benchmarks.audits import order_probe
 from benchmarks.registry import ROOT, discover
 
 RESULTS = ROOT / "results"
+#: run folders whose records the calibration leaves out (:func:`calibrated_without`)
+_EXCLUDED: list[Path] = []
 PROCESS_S = 10.0    # a cell process's start (imports) before any work, measured 7-12 s here
 MAX_CELLS = 500     # a run past this many cells, or MAX_HOURS estimated, needs --yes
 MAX_HOURS = 24.0
 
 
 @lru_cache(maxsize=1)
-def _calibration() -> dict[tuple, list[tuple[float, float, int, int]]]:
-    """key -> [(train s, score s, samples scored, samples trained on)] for keys (method, task, shots,
-    tiny), (method, task, tiny) and (family, tiny)."""
+def _calibration() -> dict[tuple, list[tuple[float, float, int, int, str | None]]]:
+    """key -> [(train s, score s, samples scored, samples trained on, CPU model or None)] for keys
+    (method, task, shots, tiny), (method, task, tiny) and (family, tiny)."""
     from benchmarks.execution.gpu_cost import committed_records
 
     table: dict[tuple, list] = defaultdict(list)
-    for record in committed_records(RESULTS):
+    for record in committed_records(RESULTS, exclude=tuple(_EXCLUDED)):
         timing = record.get("timing") or {}
         if record.get("status") != "ok" or record.get("device") != "cpu" or timing.get("score_seconds") is None:
             continue
         point = (timing.get("train_seconds") or 0.0, timing["score_seconds"], record.get("n_eval") or 0,
-                 record.get("n_train") or 0)
+                 record.get("n_train") or 0, (record.get("host") or {}).get("cpu"))
         tiny = bool(record.get("tiny"))
         for key in ((record["method"], record["task"], str(record["shots"]), tiny),
                     (record["method"], record["task"], tiny), (record.get("family"), tiny)):
             table[key].append(point)
     return dict(table)
+
+
+@contextmanager
+def calibrated_without(*folders: Path) -> Iterator[None]:
+    """CPU estimates made inside the block leave out the records under ``folders``: how a committed
+    run is checked against the estimate it would have had before it was committed."""
+    _EXCLUDED.extend(Path(f).resolve() for f in folders)
+    _calibration.cache_clear()
+    try:
+        yield
+    finally:
+        del _EXCLUDED[-len(folders):]
+        _calibration.cache_clear()
+
+
+@lru_cache(maxsize=1)
+def _this_cpu() -> str:
+    """This machine's CPU model, as records store it in ``host.cpu``."""
+    from methods.cpu_dtype import cpu_model
+
+    return cpu_model()
 
 
 def cell_seconds(method: str, family: str, task: str, shots, tiny: bool, eval_cap: int | None,
@@ -49,9 +78,10 @@ def cell_seconds(method: str, family: str, task: str, shots, tiny: bool, eval_ca
     known) scale a record's training and scoring seconds to the cell's dataset: the records are
     MovieLens-100K's."""
     table = _calibration()
+    here = _this_cpu()
     for key in ((method, task, str(shots), tiny), (method, task, tiny), (family, tiny)):
         if key in table:
-            points = table[key]
+            points = [p for p in table[key] if p[4] == here] or table[key]
             trained = evaluated = None
             if sizes:
                 trained = sizes["train"] if shots in ("full", None) else min(int(shots), sizes["train"])

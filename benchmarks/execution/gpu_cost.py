@@ -126,14 +126,15 @@ def train_flops(shape: Shape, tokens: float, seq: float) -> float:
     return counted_flops(shape.linear_parameters, shape.layers, shape.hidden, tokens, seq, train=True)
 
 
-def committed_records(root: Path | None = None) -> Iterator[dict]:
+def committed_records(root: Path | None = None, exclude: tuple[Path, ...] = ()) -> Iterator[dict]:
     """Every record of every ``records.jsonl`` under ``root`` (default: the committed ``results/``),
     in file order; a line that does not parse is skipped (an estimate reads what it can). Run folders
     under ``<root>/runs/`` (where runs are written, ignored by git) are not read: an estimate depends
-    on the committed results only, not on what ran on this machine."""
+    on the committed results only, not on what ran on this machine. Nor are files under ``exclude``
+    (resolved folders)."""
     root = root or RESULTS
     for path in sorted(root.rglob("records.jsonl")):
-        if path.relative_to(root).parts[0] == "runs":
+        if path.relative_to(root).parts[0] == "runs" or any(path.resolve().is_relative_to(f) for f in exclude):
             continue
         for line in path.read_text().splitlines():
             try:
