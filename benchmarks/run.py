@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from benchmarks import suite as suites
 from benchmarks.data import cards
 from benchmarks.data.cache import ENV_VAR, CacheError, cache_location, clean_cache
 from benchmarks.execution import estimate, run_folder
+from benchmarks.execution import progress as cell_progress
 from benchmarks.execution.run_folder import RunFolderError
 from benchmarks.registry import ROOT, UnknownName
 
@@ -294,11 +296,18 @@ def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: 
 
     registered = registry.discover()
     estimated = {cell.key: estimate.cell_estimate(cell, suite, configs, registered)[0] for cell in pending}
-    progress = tqdm(total=len(pending), unit="cell", dynamic_ncols=True)
+    eta = cell_progress.EstimatedEta(estimated)
+    started = [time.monotonic()]  # when the running cell started
+    progress = tqdm(total=len(pending), unit="cell", dynamic_ncols=True, desc=eta.text(),
+                    bar_format="{bar:20}| {n_fmt}/{total_fmt} cells, {elapsed} elapsed, {desc}{postfix}")
     kept = len(todo) - len(pending)
     options = dict(options or {})
     if executor == "local":  # the running cell's phase beside its name
-        options["on_progress"] = lambda cell, text: progress.set_postfix_str(f"{cell.key}: {text}")
+        def on_progress(cell, text: str) -> None:
+            progress.set_description_str(eta.text(time.monotonic() - started[0]), refresh=False)
+            progress.set_postfix_str(f"{cell.key}: {text}")
+
+        options["on_progress"] = on_progress
     try:
         for record in EXECUTORS[executor](suite_file, suite, pending, run_dir, run_id, **options):
             try:
@@ -312,6 +321,9 @@ def execute(suite: suites.Suite, source: str, run_id: str, run_dir: Path, todo: 
             tqdm.write(f"{record['cell']}: {record['status']} in "
                        + (f"{took:.0f} s" if took is not None else "an unknown time")
                        + (f" (estimated {guess:.0f} s)" if guess is not None else " (no estimate)"))
+            eta.finished(record["cell"], took)
+            started[0] = time.monotonic()
+            progress.set_description_str(eta.text(), refresh=False)
             progress.update()
             if record["status"] != "ok":
                 tqdm.write(f"FAILED {record['cell']}: {record['error']['type']}: "

@@ -347,6 +347,25 @@ def test_progress_reports_are_throttled_within_a_phase_and_read_back_as_text(tmp
         progress.write_to(None)
 
 
+def test_the_runs_eta_is_the_estimate_of_the_cells_left_scaled_by_the_finished_cells():
+    from benchmarks.execution.progress import EstimatedEta
+
+    eta = EstimatedEta({"a": 100.0, "b": 1000.0, "c": None, "d": 10.0})  # c counts as the median, 100
+    assert eta.remaining_s() == pytest.approx(1210.0)
+    eta.finished("a", 50.0)  # twice as fast as estimated
+    assert eta.factor == pytest.approx(0.5)
+    assert eta.remaining_s() == pytest.approx(0.5 * 1110.0)
+    assert eta.remaining_s(running_for=100.0) == pytest.approx(0.5 * 1110.0 - 100.0)
+    eta.finished("b", 1450.0)  # sums, so the long cell weighs most: 1500 / 1100
+    assert eta.factor == pytest.approx(1500.0 / 1100.0)
+    assert eta.text().startswith("about 2 min left")  # 110 x 1.364 = 150 s
+    eta.finished("c", None)  # no wall time: left out of the factor
+    assert eta.factor == pytest.approx(1500.0 / 1100.0)
+    eta.finished("d", 10.0)
+    assert eta.remaining_s() == 0.0
+
+
 def test_the_console_shows_the_running_cells_phase(ci_run):
     console = ci_run[1].stderr
     assert "/tallrec/seed=1/shots=16: fit" in console and "/tallrec/seed=1/shots=16: scoring: batch" in console
+    assert "left (estimate x " in console
