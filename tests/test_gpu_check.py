@@ -8,12 +8,16 @@ from benchmarks.perf import gpu_check
 
 def test_tiny_nf4_model_counts():
     pytest.importorskip("bitsandbytes")
-    shape = gpu_check.SHAPES["tiny"]
+    from benchmarks.execution import gpu_cost
+
+    shape = gpu_check.llama_config("tiny")
     model = gpu_check.build_nf4_model("tiny", "cpu")
     d, m, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
     per_layer = 4 * d * d + 3 * d * m  # q, k, v, o (no GQA in this shape) + gate, up, down
-    # every matmul a token goes through, the output head included
+    # every matmul a token goes through, the output head included; the cost model counts the same
     assert gpu_check.linear_parameters(model) == layers * per_layer + d * shape["vocab_size"]
+    cost_shape = gpu_cost.Shape(**gpu_cost.model()["backbones"][gpu_check.SHAPES["tiny"]])
+    assert cost_shape.linear_parameters == gpu_check.linear_parameters(model)
     packed = gpu_check.weight_bytes(model)
     embeddings = 2 * shape["vocab_size"] * d * 2  # input + output embeddings stay bf16
     # NF4 stores half a byte per weight plus block statistics: far below bf16's two bytes

@@ -73,14 +73,9 @@ from pathlib import Path
 
 from benchmarks.registry import ROOT
 
-SHAPES = {
-    # Llama-2-7B: hidden 4096, 32 layers, 32 heads, MLP 11008, vocab 32000
-    "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
-    # for a CPU smoke test of this script
-    "tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=4, vocab_size=1024),
-}
+#: --shape -> its backbone in benchmarks/execution/cost_model.yaml (one place for the shapes the cost
+#: model estimates with and the efficiency step measures)
+SHAPES = {"llama-2-7b": "llama-7b", "tiny": "tiny-llama"}
 #: what the device image may lack, installed from carried wheels (module name = distribution name)
 WHEELS = ("bitsandbytes", "recbole", "gguf")
 STEPS = ("wheels", "env", "ceilings", "efficiency", "ci", "gpu-smoke")
@@ -142,6 +137,15 @@ def qlora_step_flops(n_linear: int, tokens: int, layers: int, seq: int, width: i
     return counted_flops(n_linear, layers, width, tokens, seq, train=True)
 
 
+def llama_config(shape: str) -> dict:
+    """``LlamaConfig`` keyword arguments of ``--shape`` (its backbone in ``cost_model.yaml``)."""
+    from benchmarks.execution import gpu_cost
+
+    spec = gpu_cost.model()["backbones"][SHAPES[shape]]
+    return dict(hidden_size=spec["hidden"], intermediate_size=spec["intermediate"], num_hidden_layers=spec["layers"],
+                num_attention_heads=spec["heads"], num_key_value_heads=spec["kv_heads"], vocab_size=spec["vocab"])
+
+
 def build_nf4_model(shape: str, device: str):
     """A randomly initialized Llama of ``shape`` whose linear layers (not the head) are NF4 ``Linear4bit``.
 
@@ -153,7 +157,7 @@ def build_nf4_model(shape: str, device: str):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096)
+    config = LlamaConfig(**llama_config(shape), max_position_embeddings=4096)
     compute = torch.bfloat16
     torch.manual_seed(0)
     default_dtype = torch.get_default_dtype()
