@@ -47,7 +47,8 @@ class CellRecord:
     metrics: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
     parameters: dict | None = None  # {"trainable": int, "total": int}
-    backbone: dict | None = None    # LLM: {"id", "quant", "compute_dtype", "sha256"/"revision", "weights_sha256"}
+    backbone: dict | None = None    # LLM: {"id", "quant", "compute_dtype", "sha256"/"revision", "weights_sha256",
+    #                                 "parameters", "plan": methods.backbone.PLAN_KEYS}
     budget: dict = field(default_factory=dict)
     device: str = "cpu"
     host: dict = field(default_factory=dict)  # the cell process's threads, CPU kernels, load: env.process_facts

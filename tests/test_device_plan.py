@@ -255,6 +255,9 @@ def test_load_backbone_takes_dtypes_and_attention_from_the_plan(tiny_dir, monkey
     assert loaded.model.config._attn_implementation == "eager"
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
     assert loaded.info()["compute_dtype"] == "bfloat16" and loaded.plan.attn_implementation == "eager"
+    recorded = loaded.info()["plan"]
+    assert recorded["attn_implementation"] == "eager" and recorded["weights_dtype"] == "bfloat16"
+    assert default.info()["plan"]["attn_implementation"] == "sdpa"  # what transformers resolved, not the plan's None
     assert asked[0][:3] == ("cpu", "none", default.info()["parameters"])
 
 

@@ -36,7 +36,10 @@ def test_nf4_counts_unpacked_parameters_and_uses_the_chosen_cpu_kernel(tiny_dir)
             assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in layers)
     assert plain.info() == {"id": str(tiny_dir), "quant": "none", "compute_dtype": "float32", "sha256": None,
                             "parameters": expected,
-                            "weights_sha256": hashlib.sha256((tiny_dir / "model.safetensors").read_bytes()).hexdigest()}
+                            "weights_sha256": hashlib.sha256((tiny_dir / "model.safetensors").read_bytes()).hexdigest(),
+                            "plan": {"weights_dtype": "float32", "adapter_dtype": "float32",
+                                     "attn_implementation": "sdpa", "gradient_checkpointing": False,
+                                     "optimizer": None, "deterministic": True}}
 
 
 def test_nf4_logits_stay_close_to_full_precision(tiny_dir):
