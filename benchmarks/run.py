@@ -252,8 +252,10 @@ def _check_resume(run_dir: Path, saved: dict, suite: suites.Suite, todo: list, c
         if dataset in tiny and not allow_mixed:
             info, _sizes = protocols.prepare(canonical.load(dataset, tiny=tiny[dataset]), task)
             protocol_hashes[(dataset, tiny[dataset], task)] = info.hash
-    run_folder.check_resume(saved, suite.digest(), {c.key for c in todo}, existing, configs, protocol_hashes,
-                            env.collect(suite.device), allow_mixed)
+    # the hash of suite.json as written, not of the suite parsed from it: a key that a later version
+    # of the schema added (with its default) is not an edit
+    run_folder.check_resume(saved, cards.canonical_hash(saved["suite"]), {c.key for c in todo}, existing, configs,
+                            protocol_hashes, env.collect(suite.device), allow_mixed)
 
 
 def _took(record: dict) -> float | None:

@@ -273,6 +273,18 @@ def test_resume_refuses_a_clean_tree_at_another_commit():
     run_folder.check_resume(saved, "h", set(), [], {}, {}, {**later, "git_dirty": True}, allow_mixed=False)
 
 
+def test_a_run_folder_from_before_a_schema_addition_resumes(pop_run, tmp_path, capsys):
+    """A suite.json written before a key joined the schema (here budget.gpu_hours) is not an edit."""
+    from benchmarks.data.cards import canonical_hash
+
+    run_dir = copy_run(pop_run, tmp_path)
+    saved = json.loads((run_dir / "suite.json").read_text())
+    del saved["suite"]["budget"]["gpu_hours"]
+    saved["suite_hash"] = canonical_hash(saved["suite"])  # what the older version wrote
+    (run_dir / "suite.json").write_text(json.dumps(saved))
+    assert main(["--resume", str(run_dir)]) == 0, capsys.readouterr().err
+
+
 def test_an_edited_suite_json_is_refused(pop_run, tmp_path, capsys):
     run_dir = copy_run(pop_run, tmp_path)
     saved = json.loads((run_dir / "suite.json").read_text())
