@@ -34,6 +34,7 @@ class ZeroShotLLM:
         next_item_prompt: str = "llara"    # the next_item task's prompt file
         cpu_4bit_kernel: str = "dequant"   # dequant | packed-bf16 (see methods/backbone.py)
         cpu_dtype: str = "auto"            # auto | float32 | bfloat16 (see methods/cpu_dtype.py)
+        next_item_cpu_dtype: str = "float32"  # the next_item task's CPU compute dtype (see the YAML file)
 
     def __init__(self, config: Config, ctx: CellContext):
         self.config = config
@@ -42,9 +43,11 @@ class ZeroShotLLM:
         self.scorer = None
 
     def fit(self, data: FitData) -> None:
+        ctr = data.task == "ctr"
         self.backbone = load_backbone(self.ctx.llm, self.ctx.quant, self.ctx.device, cache=self.ctx.cache_dir,
-                                      cpu_4bit_kernel=self.config.cpu_4bit_kernel, cpu_dtype=self.config.cpu_dtype)
-        prompt = self.config.prompt if data.task == "ctr" else self.config.next_item_prompt
+                                      cpu_4bit_kernel=self.config.cpu_4bit_kernel,
+                                      cpu_dtype=self.config.cpu_dtype if ctr else self.config.next_item_cpu_dtype)
+        prompt = self.config.prompt if ctr else self.config.next_item_prompt
         self.scorer = SCORERS[data.task](self.backbone, prompt, data.catalog, data.protocol)
 
     def score(self, samples: pd.DataFrame) -> np.ndarray:

@@ -44,6 +44,22 @@ def test_zeroshot_scores_probabilities_and_reports_its_backbone(cell):
     assert method.backbone_info()["quant"] == "nf4"
 
 
+@pytest.mark.parametrize("task, dtype", [("ctr", "auto"), ("next_item", "float32")])
+def test_zeroshot_computes_next_item_in_its_own_cpu_dtype(cell, monkeypatch, task, dtype):
+    """next_item candidate scores failed the batch-invariance check in bf16 (an AMX Xeon moved them by
+    0.625), so that task takes ``next_item_cpu_dtype`` (float32, as ilora and lora-seq); ctr keeps ``cpu_dtype``."""
+    from types import SimpleNamespace
+
+    from methods import zeroshot
+
+    _fit, _test, ctx = cell
+    asked = {}
+    monkeypatch.setattr(zeroshot, "load_backbone", lambda *a, **kw: asked.update(kw) or "backbone")
+    monkeypatch.setattr(zeroshot, "SCORERS", {task: lambda *args: args})
+    build("zeroshot-llm", ctx).fit(SimpleNamespace(task=task, catalog=None, protocol=None))
+    assert asked["cpu_dtype"] == dtype
+
+
 def test_tallrec_trains_lora_only_and_without_updates_equals_zero_shot(cell):
     fit, test, ctx = cell
     zero = build("zeroshot-llm", ctx)
