@@ -80,7 +80,8 @@ def test_token_counts_and_split_sizes_come_from_committed_records(tmp_path, monk
         cached.cache_clear()
     try:
         assert gpu_cost.token_counts()[("tallrec", "ctr")] == (100.0, 200.0)  # 6400 / (64 x 1); 42000 / 210
-        assert gpu_cost._tokens("reclora-shared", "ctr") is None
+        assert gpu_cost._tokens("reclora-shared", "ctr") == (100.0, 200.0)  # tallrec's: the only ctr count
+        assert gpu_cost._tokens("lora-seq", "next_item") is None  # nothing counted on next_item
         assert gpu_cost.split_sizes("movielens-100k", "ctr") == {"train": 75_599, "test": 9450}
         scaled = gpu_cost.split_sizes("movielens-1m", "ctr")  # from cost_model.yaml's size
         assert scaled == {"train": int(0.8 * (1_000_209 - 5 * 6040)), "test": int(0.1 * (1_000_209 - 5 * 6040))}
@@ -231,3 +232,11 @@ def test_a_run_is_checked_against_the_estimate_made_without_its_own_records(two_
     with estimate.calibrated_without(two_machines / "intel"):
         assert _train_estimate() == pytest.approx(100.0)  # the other machine's record is all that is left
     assert _train_estimate() == pytest.approx(40.0)
+
+
+def test_a_method_that_does_not_train_costs_its_loading_and_scoring_only(monkeypatch):
+    trained = _cell(monkeypatch)
+    zero_shot = _cell(monkeypatch, trains=False)
+    assert zero_shot.parts["train"] == 0 and zero_shot.parts["n_train"] == 0
+    assert zero_shot.seconds == pytest.approx(trained.seconds - trained.parts["train"])
+    assert zero_shot.peak_gib < trained.peak_gib

@@ -108,7 +108,8 @@ def cell_estimate(cell, suite, configs: dict | None = None,
     from benchmarks import suite as suites
     from benchmarks.execution import gpu_cost
 
-    family = (registered or discover())[cell.method].family
+    entry = (registered or discover())[cell.method]
+    family = entry.family
     tiny = next(d.tiny for d in suite.datasets if d.name == cell.dataset)
     budget = suite.budget_for(cell.dataset)
     if suite.device.startswith("cuda") and family == "llm":
@@ -116,7 +117,7 @@ def cell_estimate(cell, suite, configs: dict | None = None,
         config = (configs or {}).get(suites.config_key(cell.method, cell.dataset, spec), (None, {}))[1]
         cost = gpu_cost.llm_cell(method=cell.method, task=cell.task, dataset=cell.dataset, shots=cell.shots,
                                  llm=spec.llm or suite.llm, quant=suite.quant, config=config, budget=budget,
-                                 gpu=gpu_cost.device())
+                                 gpu=gpu_cost.device(), trains=entry.trains)
         return (PROCESS_S + cost.seconds, cost.peak_gib) if cost else (None, None)
     sizes = None if tiny else gpu_cost.split_sizes(cell.dataset, cell.task)
     return cell_seconds(cell.method, family, cell.task, cell.shots, tiny, budget.eval_cap,

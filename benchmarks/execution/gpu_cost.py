@@ -167,12 +167,17 @@ def token_counts() -> dict[tuple[str, str], tuple[float, float]]:
 
 def _tokens(method: str, task: str) -> tuple[float, float] | None:
     """A method's token counts, else those of the method it is a variant of (``lora-seq-generate``
-    prompts as ``lora-seq``; ``reclora-shared`` as ``reclora``)."""
+    prompts as ``lora-seq``; ``reclora-shared`` as ``reclora``), else the median over every method
+    counted on ``task`` (a method no committed record counted yet, e.g. one just contributed, prompts
+    about as long as the others on its task); None when nothing on the task was counted."""
     counts = token_counts()
     for name in (method, method.removesuffix("-generate"), method.split("-")[0]):
         if (name, task) in counts:
             return counts[(name, task)]
-    return None
+    same_task = [value for (_name, counted), value in counts.items() if counted == task]
+    if not same_task:
+        return None
+    return statistics.median(v[0] for v in same_task), statistics.median(v[1] for v in same_task)
 
 
 @lru_cache(maxsize=1)
@@ -206,14 +211,15 @@ def split_sizes(dataset: str, task: str, min_history: int = 5) -> dict[str, int]
 
 
 def llm_cell(*, method: str, task: str, dataset: str, shots, llm: str, quant: str, config: dict, budget,
-             gpu: Device) -> CellCost | None:
+             gpu: Device, trains: bool = True) -> CellCost | None:
     """Estimated seconds and peak GiB of one LLM cell on ``gpu``, or None when the backbone's shape,
-    the method's token counts or the split's size are unknown."""
+    the method's token counts or the split's size are unknown. A method that does not train
+    (``trains=False``: zero-shot) costs its loading and scoring only."""
     shape, tokens, sizes = shape_of(llm), _tokens(method, task), split_sizes(dataset, task)
     if shape is None or tokens is None or sizes is None:
         return None
     per_train, per_score = (t * shape.token_ratio for t in tokens)
-    n_train = sizes["train"] if shots in ("full", None) else min(int(shots), sizes["train"])
+    n_train = 0 if not trains else sizes["train"] if shots in ("full", None) else min(int(shots), sizes["train"])
     n_eval = min(budget.eval_cap or sizes["test"], sizes["test"])
     epochs = min(config.get("epochs", 1), budget.max_epochs or config.get("epochs", 1))
     throughput = gpu.bf16_tflops * 1e12 * gpu.mfu
@@ -236,7 +242,7 @@ def llm_cell(*, method: str, task: str, dataset: str, shots, llm: str, quant: st
     ceiling = plan.micro_batch_ceiling(round(per_train), shape.layers, shape.hidden, checkpointing) or micro
     activations = min(micro, ceiling) * plan.activation_bytes(round(per_train), shape.layers, shape.hidden,
                                                              checkpointing)
-    peak = plan.weights_gib + activations / 2**30
+    peak = plan.weights_gib + (activations / 2**30 if trains else 0.0)  # scoring keeps no activations for backward
     parts = {"load": load_s, "train": train_s, "score": score_s + latency_s, "decode": decode_s,
              "n_train": n_train, "n_eval": n_eval, "epochs": epochs}
     return CellCost(load_s + train_s + score_s + latency_s + decode_s, peak, parts)
