@@ -36,13 +36,15 @@ def _budget(**changes):
     return SimpleNamespace(**{**values, **changes})
 
 
+_GPU = gpu_cost.Device("h100", 800.0, 3000.0, 80.0, 0.5, False)
+_ARGS = dict(method="tallrec", task="ctr", dataset="d", shots=1000, llm="meta-llama/Llama-2-7b-hf", quant="none",
+             config={"epochs": 2, "micro_batch_size": 4}, budget=_budget())
+
+
 def _cell(monkeypatch, **changes):
     monkeypatch.setattr(gpu_cost, "_tokens", lambda method, task: (200.0, 300.0))
     monkeypatch.setattr(gpu_cost, "split_sizes", lambda dataset, task: {"train": 10_000, "test": 1_000})
-    gpu = gpu_cost.Device("h100", 800.0, 3000.0, 80.0, 0.5, False)
-    args = dict(method="tallrec", task="ctr", dataset="d", shots=1000, llm="meta-llama/Llama-2-7b-hf", quant="none",
-                config={"epochs": 2, "micro_batch_size": 4}, budget=_budget(), gpu=gpu)
-    return gpu_cost.llm_cell(**{**args, **changes})
+    return gpu_cost.llm_cell(**{**_ARGS, "gpu": _GPU, **changes})
 
 
 def test_training_time_follows_samples_epochs_and_the_flop_count(monkeypatch):
@@ -240,3 +242,5 @@ def test_a_method_that_does_not_train_costs_its_loading_and_scoring_only(monkeyp
     assert zero_shot.parts["train"] == 0 and zero_shot.parts["n_train"] == 0
     assert zero_shot.seconds == pytest.approx(trained.seconds - trained.parts["train"])
     assert zero_shot.peak_gib < trained.peak_gib
+    monkeypatch.setattr(gpu_cost, "_tokens", lambda method, task: (0.0, 300.0))  # its records count no training
+    assert gpu_cost.llm_cell(**{**_ARGS, "gpu": _GPU, "trains": False}).parts["train"] == 0

@@ -238,11 +238,13 @@ def llm_cell(*, method: str, task: str, dataset: str, shots, llm: str, quant: st
     load_s = weights / (model()["load_gbps"] * 1e9)
     plan = device_plan.plan("cuda", quant, shape.parameters, gpu.memory_gib)
     checkpointing = plan.gradient_checkpointing and method == "tallrec"  # peft LoRA only (methods.device_plan)
-    micro = config.get("micro_batch_size", 1)
-    ceiling = plan.micro_batch_ceiling(round(per_train), shape.layers, shape.hidden, checkpointing) or micro
-    activations = min(micro, ceiling) * plan.activation_bytes(round(per_train), shape.layers, shape.hidden,
-                                                             checkpointing)
-    peak = plan.weights_gib + (activations / 2**30 if trains else 0.0)  # scoring keeps no activations for backward
+    activations = 0.0  # scoring keeps no activations for a backward pass
+    if trains and round(per_train) > 0:
+        micro = config.get("micro_batch_size", 1)
+        ceiling = plan.micro_batch_ceiling(round(per_train), shape.layers, shape.hidden, checkpointing) or micro
+        activations = min(micro, ceiling) * plan.activation_bytes(round(per_train), shape.layers, shape.hidden,
+                                                                 checkpointing)
+    peak = plan.weights_gib + activations / 2**30
     parts = {"load": load_s, "train": train_s, "score": score_s + latency_s, "decode": decode_s,
              "n_train": n_train, "n_eval": n_eval, "epochs": epochs}
     return CellCost(load_s + train_s + score_s + latency_s + decode_s, peak, parts)
