@@ -131,7 +131,7 @@ def test_cpu_records_scale_to_a_larger_splits_size(monkeypatch):
     """A record on MovieLens-100K's whole train split, estimated on a split ten times as large."""
     from benchmarks.execution import estimate
 
-    points = {("sasrec", "next_item", "full", False): [(100.0, 10.0, 1000, 5000)]}
+    points = {("sasrec", "next_item", "full", False): [(100.0, 10.0, 1000, 5000, "some CPU")]}
     monkeypatch.setattr(estimate, "_calibration", lambda: points)
     same = estimate.cell_seconds("sasrec", "conventional", "next_item", "full", False, None)
     larger = estimate.cell_seconds("sasrec", "conventional", "next_item", "full", False, None,
